@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up blockwise on a fresh machine: a virtual environment in .venv with the
+# pinned dependencies and an editable build of the Cython kernels.
+#   bash deploy/setup.sh          runtime + development tools
+#   bash deploy/setup.sh --test   also the system packages the test suite needs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+# the build backend runs without isolation (the editable build rebuilds on import,
+# so its tools must live in the venv); torch is not needed by these stages.
+pip install -q --disable-pip-version-check "meson-python==0.22.1" "meson>=1.4" ninja "Cython==3.3.1" "numpy>=2.0,<3"
+pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,dev]"
+if [ "${1:-}" = "--test" ]; then
+  # waterz compiles its exact QuantileAffinity at first use against boost
+  if [ ! -e /usr/include/boost/multi_array.hpp ] && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libboost-dev >/dev/null) \
+      || echo "setup: could not install libboost-dev; waterz's exact-quantile reference tests will fail" >&2
+  fi
+fi
+python -c "import blockwise.kernels._region_merging" >/dev/null
+echo "setup: ready (.venv)"
