@@ -1,0 +1,297 @@
+"""Run configuration: pydantic models, the only place a config file is parsed.
+
+A run is described by one YAML file. Every model rejects unknown keys, and a
+validation error names the key, the expected and the received value.
+Paths may use environment variables (``${BLOCKWISE_DATA}/fib25.h5``); relative
+paths are resolved against the working directory when the file is loaded, so
+that the resolved config written into the run directory is self-contained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from blockwise.errors import ConfigError
+
+Vec3 = tuple[int, int, int]
+PositiveVec3 = tuple[
+    Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]
+]
+NonNegativeVec3 = tuple[
+    Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]
+]
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class Model(BaseModel):
+    """Base of every config model: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def expand_path(value: str | Path) -> Path:
+    """Expand ``$VAR``/``${VAR}`` and ``~`` in a path and make it absolute.
+
+    Raises:
+        ValueError: if a referenced environment variable is not set.
+    """
+    text = str(value)
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            raise ValueError(
+                f"path {text!r} uses the environment variable {name}, which is not set "
+                f"(for the shared data: export {name}=../shared/data)"
+            )
+        return os.environ[name]
+
+    return Path(_ENV_PATTERN.sub(substitute, text)).expanduser().absolute()
+
+
+class DatasetConfig(Model):
+    """One array in a zarr container or an HDF5 file."""
+
+    file: Path = Field(description="a .zarr/.n5 directory or an .h5/.hdf5/.hdf file")
+    dataset: str = Field(description="path of the array inside the file, e.g. volumes/raw")
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return expand_path(value) if isinstance(value, str | Path) else value
+
+
+class RoiConfig(Model):
+    """A region in world units (nm), z, y, x."""
+
+    offset_nm: Vec3
+    shape_nm: PositiveVec3
+
+
+class InputsConfig(Model):
+    """The volumes a run reads."""
+
+    affinities: DatasetConfig
+    offsets: list[Vec3] = Field(
+        default=[(-1, 0, 0), (0, -1, 0), (0, 0, -1)],
+        description="one offset per affinity channel, in voxels; the affinity at v links v "
+        "and v + offset. The first three must be the nearest-neighbour z, y, x offsets.",
+    )
+    voxel_size: PositiveVec3 | None = Field(
+        default=None,
+        description="nm per voxel (z, y, x); read from the dataset's attributes when omitted",
+    )
+    mask: DatasetConfig | None = None
+    ground_truth: DatasetConfig | None = None
+    roi: RoiConfig | None = Field(default=None, description="process only this region (nm)")
+
+    @field_validator("offsets")
+    @classmethod
+    def _nearest_neighbour_first(cls, offsets: list[Vec3]) -> list[Vec3]:
+        expected = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
+        if [tuple(o) for o in offsets[:3]] != expected:
+            raise ValueError(
+                f"the first three offsets must be the nearest-neighbour offsets {expected}, "
+                f"got {offsets[:3]}"
+            )
+        return offsets
+
+
+class ExtractFragmentsConfig(Model):
+    """Seeded watershed on the affinities, block by block."""
+
+    block_shape_vx: PositiveVec3 = (64, 64, 64)
+    context_vx: NonNegativeVec3 = (8, 8, 8)
+    boundary_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    min_seed_distance_nm: float = Field(default=50.0, gt=0.0)
+    seeds_per_section: bool = False
+    min_fragment_size_vx: int = Field(default=0, ge=0)
+
+
+class ScoringConfig(Model):
+    """How an edge between two regions is scored (1 - statistic of its affinities).
+
+    ``quantile`` is the exact quantile of all affinities on the contact;
+    ``histogram_quantile`` approximates it with a 256-bin histogram (cheaper).
+    """
+
+    kind: Literal["mean", "quantile", "histogram_quantile", "mean_max_k"] = "mean"
+    quantile: int = Field(default=50, ge=0, le=100)
+    k: int = Field(default=10, ge=1, le=64)
+    init_with_max: bool = True
+
+
+class AgglomerateConfig(Model):
+    """Region merging inside each block's read ROI."""
+
+    context_vx: NonNegativeVec3 = (16, 16, 16)
+    scoring: ScoringConfig = ScoringConfig()
+    merge_until: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="merge up to this score; defaults to the largest segmentation threshold",
+    )
+
+
+class SegmentsConfig(Model):
+    """Global stitching: one lookup table per threshold."""
+
+    thresholds: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [0.3, 0.5, 0.6, 0.7]
+    edges_per_chunk: int = Field(default=1_000_000, gt=0)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _sorted_unique(cls, thresholds: list[float]) -> list[float]:
+        if not thresholds:
+            raise ValueError("at least one threshold is needed, got an empty list")
+        return sorted(set(thresholds))
+
+
+class EvaluateConfig(Model):
+    """Scoring the segmentations against the ground truth."""
+
+    enabled: bool = True
+    roi: RoiConfig | None = Field(default=None, description="evaluate only here (nm)")
+
+
+class OutputConfig(Model):
+    """Where the arrays go."""
+
+    chunk_shape_vx: PositiveVec3 = (32, 32, 32)
+
+
+class StoreConfig(Model):
+    """The region-adjacency graph store.
+
+    ``uri`` is ``sqlite:///path/graph.db`` (the default is a file in the run
+    directory) or, for clusters, ``mongodb://host:port/dbname``.
+    """
+
+    uri: str | None = None
+
+
+class ExecutionConfig(Model):
+    """How blocks are run."""
+
+    profile: Literal["local"] = "local"
+    num_workers: int = Field(default=2, ge=1)
+    max_retries: int = Field(default=2, ge=0)
+    block_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class RunConfig(Model):
+    """One segmentation run."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    run_dir: Path
+    inputs: InputsConfig
+    output: OutputConfig = OutputConfig()
+    extract_fragments: ExtractFragmentsConfig = ExtractFragmentsConfig()
+    agglomerate: AgglomerateConfig = AgglomerateConfig()
+    segments: SegmentsConfig = SegmentsConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    store: StoreConfig = StoreConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    @field_validator("run_dir", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return expand_path(value) if isinstance(value, str | Path) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        block = self.extract_fragments.block_shape_vx
+        chunk = self.output.chunk_shape_vx
+        if any(b % c for b, c in zip(block, chunk, strict=True)):
+            raise ValueError(
+                f"extract_fragments.block_shape_vx {list(block)} must be a multiple of "
+                f"output.chunk_shape_vx {list(chunk)} on every axis (a block writing into a "
+                "chunk shared with another block races)"
+            )
+        if self.agglomerate.merge_until is not None and self.agglomerate.merge_until < max(
+            self.segments.thresholds
+        ):
+            raise ValueError(
+                f"agglomerate.merge_until {self.agglomerate.merge_until} is below the largest "
+                f"segments threshold {max(self.segments.thresholds)}"
+            )
+        return self
+
+    @property
+    def merge_until(self) -> float:
+        """Score up to which blocks merge regions."""
+        return self.agglomerate.merge_until or max(self.segments.thresholds)
+
+    @property
+    def store_uri(self) -> str:
+        """The graph store URI, defaulting to an SQLite file in the run directory."""
+        return self.store.uri or f"sqlite:///{self.run_dir / 'graph.sqlite'}"
+
+    def stage_hash(self, *sections: str) -> str:
+        """A short hash of the named config sections and the inputs.
+
+        Done markers are keyed by it, so that a changed parameter never reuses
+        blocks computed with the old one.
+        """
+        from blockwise import __version__
+
+        payload = {"version": __version__, "inputs": self.inputs.model_dump(mode="json")}
+        for section in sections:
+            payload[section] = getattr(self, section).model_dump(mode="json")
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def dump(self, path: Path) -> None:
+        """Write the resolved config (absolute paths) as YAML."""
+        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    received = error.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown key `{key}` (got {received!r}); check its spelling"
+    if kind == "missing":
+        return f"missing key `{key}`"
+    return f"key `{key}`: {error['msg']} (got {received!r})"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate a config mapping.
+
+    Raises:
+        ConfigError: naming every offending key, the expected and the received value.
+    """
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "\n  ".join(_describe(err) for err in e.errors())
+        raise ConfigError(f"{source}: invalid config:\n  {problems}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Load and validate a YAML run config.
+
+    Raises:
+        ConfigError: if the file is missing, not YAML, or invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {data!r}")
+    return parse_config(data, str(path))

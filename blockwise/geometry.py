@@ -1,0 +1,129 @@
+"""The block grid of a run and the fragment ids it hands out.
+
+Blocks tile the data ROI with a fixed write shape (border blocks are cut to
+the data). A block's fragments get ids ``block_index * voxels_per_block + k``
+for ``k = 1 .. voxels_per_block``, so no two blocks can ever produce the same
+id and no coordination is needed; 0 is background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from blockwise.errors import ConfigError
+
+UINT64_MAX = np.iinfo(np.uint64).max
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """The closed range ``[first, last]`` of fragment ids a block may use."""
+
+    first: int
+    last: int
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int | np.integer) and self.first <= int(value) <= self.last
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Write blocks tiling ``data_roi``.
+
+    Attributes:
+        data_roi: the region processed, in nm.
+        voxel_size: nm per voxel.
+        block_shape_vx: write shape of a block, in voxels.
+    """
+
+    data_roi: Roi
+    voxel_size: Coordinate
+    block_shape_vx: Coordinate
+
+    def __post_init__(self) -> None:
+        if any(s % v for s, v in zip(self.data_roi.shape, self.voxel_size, strict=True)):
+            raise ConfigError(
+                f"ROI {self.data_roi} is not a whole number of voxels of size {self.voxel_size}"
+            )
+        if self.max_fragment_id > UINT64_MAX:
+            raise ConfigError(
+                f"{self.num_blocks} blocks of {self.voxels_per_block} voxels need fragment ids "
+                f"up to {self.max_fragment_id}, which does not fit uint64; use fewer, or "
+                "smaller, blocks"
+            )
+
+    @property
+    def block_shape_nm(self) -> Coordinate:
+        """Write shape of a block in nm."""
+        return self.block_shape_vx * self.voxel_size
+
+    @property
+    def grid_shape(self) -> Coordinate:
+        """Number of blocks along z, y, x."""
+        shape_vx = self.data_roi.shape / self.voxel_size
+        return Coordinate(-(-s // b) for s, b in zip(shape_vx, self.block_shape_vx, strict=True))
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of blocks in the grid."""
+        return int(np.prod(list(self.grid_shape), dtype=object))
+
+    @property
+    def voxels_per_block(self) -> int:
+        """Voxels of a full block: the number of ids each block owns."""
+        return int(np.prod(list(self.block_shape_vx), dtype=object))
+
+    @property
+    def max_fragment_id(self) -> int:
+        """The largest id any block may hand out."""
+        return self.num_blocks * self.voxels_per_block
+
+    def grid_position(self, write_roi: Roi) -> Coordinate:
+        """Position of the block writing ``write_roi`` in the grid."""
+        relative = write_roi.begin - self.data_roi.begin
+        if any(r % b for r, b in zip(relative, self.block_shape_nm, strict=True)):
+            raise ValueError(f"write ROI {write_roi} is not aligned to the block grid")
+        return relative / self.block_shape_nm
+
+    def block_index(self, write_roi: Roi) -> int:
+        """Linear (C-order) index of the block writing ``write_roi``."""
+        position = self.grid_position(write_roi)
+        grid = self.grid_shape
+        return int((position[0] * grid[1] + position[1]) * grid[2] + position[2])
+
+    def id_range(self, block_index: int) -> IdRange:
+        """The fragment ids block ``block_index`` owns."""
+        first = block_index * self.voxels_per_block + 1
+        return IdRange(first, first + self.voxels_per_block - 1)
+
+    def block_of_id(self, fragment_ids: np.ndarray) -> np.ndarray:
+        """Index of the block owning each (non-zero) fragment id."""
+        ids = np.asarray(fragment_ids, dtype=np.uint64)
+        return ((ids - np.uint64(1)) // np.uint64(self.voxels_per_block)).astype(np.int64)
+
+    def write_roi(self, block_index: int) -> Roi:
+        """The write ROI of block ``block_index``, cut to the data ROI."""
+        grid = self.grid_shape
+        z, rest = divmod(block_index, grid[1] * grid[2])
+        y, x = divmod(rest, grid[2])
+        begin = self.data_roi.begin + Coordinate(z, y, x) * self.block_shape_nm
+        return Roi(begin, self.block_shape_nm).intersect(self.data_roi)
+
+    def write_rois(self) -> Iterator[Roi]:
+        """Every block's write ROI, in index order."""
+        for index in range(self.num_blocks):
+            yield self.write_roi(index)
+
+
+def grow_clipped(roi: Roi, context_nm: Coordinate, bounds: Roi) -> Roi:
+    """``roi`` grown by ``context_nm`` on every side, cut to ``bounds``."""
+    return roi.grow(context_nm, context_nm).intersect(bounds)
+
+
+def voxels(roi: Roi, voxel_size: Coordinate) -> int:
+    """Number of voxels in ``roi``."""
+    return int(np.prod(list(roi.shape / voxel_size), dtype=object))

@@ -1,0 +1,154 @@
+"""The driver: validate a run, prepare its outputs, schedule its stages, summarise.
+
+The driver is cheap and restartable: finished blocks carry done markers keyed
+by their stage's config hash, so running the same command again only runs
+what is unfinished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import daisy.v2 as daisy
+from daisy import logging as daisy_logging
+
+from blockwise import failures
+from blockwise.config import RunConfig
+from blockwise.errors import StoreError
+from blockwise.failures import BlockFailure
+from blockwise.geometry import voxels
+from blockwise.progress import StageProgress, StageSummary, format_summary
+from blockwise.run_context import RunContext
+from blockwise.stages.evaluate import evaluation_roi
+from blockwise.tasks import build_pipeline
+
+logger = logging.getLogger(__name__)
+
+RESOLVED_CONFIG = "config.yaml"
+RUN_NAME_KEY = "run_name"
+
+
+@dataclass
+class RunResult:
+    """What a run did."""
+
+    stages: list[StageSummary]
+    failures: list[BlockFailure]
+    wall_s: float
+    run_dir: Path
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every block of every stage is done."""
+        return not self.failures and all(s.done + s.skipped == s.total for s in self.stages)
+
+    def summary(self) -> str:
+        """The summary table, followed by the failed blocks."""
+        text = format_summary(self.stages, self.wall_s)
+        if self.failures:
+            lines = [f"\n{len(self.failures)} block(s) failed:"]
+            for f in self.failures:
+                lines.append(f"  {f.stage} block {f.block_index} write ROI {f.write_roi}: {f.error}")
+            lines.append(f"tracebacks: {self.run_dir / failures.FAILURES_DIR}/<stage>/block_<i>.json")
+            text += "\n".join(lines)
+        for message in self.messages:
+            text += f"\n{message}"
+        return text
+
+
+def validate(config: RunConfig) -> RunContext:
+    """Open every input and check the run can work, writing nothing.
+
+    Raises:
+        ConfigError, InputError: naming what is wrong.
+    """
+    ctx = RunContext(config)
+    _ = ctx.affinities, ctx.data_roi, ctx.grid, ctx.mask
+    if config.evaluate.enabled and config.inputs.ground_truth is not None:
+        evaluation_roi(ctx)
+    return ctx
+
+
+def prepare(config: RunConfig) -> tuple[RunContext, Path]:
+    """Validate, then create the run directory, outputs and store.
+
+    Returns:
+        the run context and the path of the resolved config workers read.
+
+    Raises:
+        StoreError: if the store holds another run's graph.
+    """
+    ctx = validate(config)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = config.run_dir / RESOLVED_CONFIG
+    config.dump(config_path)
+    _ = ctx.fragments
+    for threshold in config.segments.thresholds:
+        ctx.segmentation(threshold)
+    owner = ctx.store.get_meta(RUN_NAME_KEY)
+    if owner is not None and owner != config.name:
+        raise StoreError(
+            f"graph store {ctx.store.uri} holds the graph of run {owner!r}, not {config.name!r}; "
+            "use another store URI or run directory"
+        )
+    ctx.store.set_meta(RUN_NAME_KEY, config.name)
+    ctx.close()
+    failures.clear_all(config.run_dir)
+    return ctx, config_path
+
+
+def _stage_voxels(ctx: RunContext, name: str) -> float:
+    if name == "evaluate":
+        return voxels(evaluation_roi(ctx), ctx.voxel_size) / 1e6
+    return voxels(ctx.data_roi, ctx.voxel_size) / 1e6
+
+
+def run(config: RunConfig, multiprocessing: bool = True, progress: bool = True) -> RunResult:
+    """Run every stage of ``config`` to completion (or failure).
+
+    Args:
+        config: the validated run config.
+        multiprocessing: run blocks in ``execution.num_workers`` worker processes;
+            False runs them one by one in this process.
+        progress: draw per-stage progress bars.
+    """
+    start = time.monotonic()
+    ctx, config_path = prepare(config)
+    daisy_logging.set_log_basedir(str(config.run_dir / "logs"))
+    pipeline, names = build_pipeline(ctx, config_path, multiprocessing)
+    observer = StageProgress(names, enabled=progress)
+    states = daisy.run_blockwise(
+        pipeline,
+        multiprocessing=multiprocessing,
+        progress=observer,
+        return_states=True,
+        host="127.0.0.1",
+        summary=False,
+    )
+    stages = []
+    messages = []
+    for name in names:
+        state = states[name]
+        skipped = int(state.skipped_count)
+        stages.append(
+            StageSummary(
+                name=name,
+                total=int(state.total_block_count),
+                done=int(state.completed_count) - skipped,
+                skipped=skipped,
+                failed=int(state.failed_count) + int(state.orphaned_count),
+                wall_s=observer.timings[name].wall_s,
+                megavoxels=_stage_voxels(ctx, name),
+            )
+        )
+        if state.abandoned:
+            messages.append(f"{name} was abandoned: {state.abandon_reason}")
+    result = RunResult(
+        stages, failures.read_failures(config.run_dir), time.monotonic() - start, config.run_dir, messages
+    )
+    ctx.close()
+    return result

@@ -1,0 +1,63 @@
+"""The block worker: ``python -m blockwise_workers.block_worker CONFIG STAGE``.
+
+Connects to the daisy scheduler named by the ``DAISY_CONTEXT`` environment
+variable, processes blocks of STAGE until the scheduler has none left, and
+exits 0. A failed block is logged with its ROI and traceback, recorded in the
+run directory, reported to the scheduler as failed, and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import daisy.v2 as daisy
+
+from blockwise.execution import run_block
+from blockwise.run_context import RunContext
+
+logger = logging.getLogger("blockwise.worker")
+
+
+def serve(config_path: str, stage: str) -> int:
+    """Process blocks of ``stage`` until none are left; returns the number failed."""
+    ctx = RunContext.from_file(config_path)
+    client = daisy.Client()
+    done = failed = 0
+    try:
+        while True:
+            acquired = False
+            try:
+                with client.acquire_block() as block:
+                    if block is None:
+                        break
+                    acquired = True
+                    run_block(ctx, stage, block.read_roi, block.write_roi)
+                    done += 1
+            except Exception:
+                if not acquired:
+                    raise
+                # run_block recorded it and the client reported it; keep going
+                failed += 1
+    finally:
+        ctx.close()
+    logger.info("worker for %s: %d blocks done, %d failed", stage, done, failed)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="blockwise-worker", description=__doc__)
+    parser.add_argument("config", help="the run's resolved config (RUN_DIR/config.yaml)")
+    parser.add_argument("stage", help="the stage whose blocks to process")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
+    )
+    serve(args.config, args.stage)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
