@@ -255,7 +255,7 @@ class RunConfig(Model):
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
     received = error.get("input")

@@ -45,7 +45,12 @@ def record_failure(
     path = _path(run_dir, stage, block_index)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = BlockFailure(
-        stage, block_index, str(read_roi), str(write_roi), f"{type(error).__name__}: {error}", traceback
+        stage,
+        block_index,
+        str(read_roi),
+        str(write_roi),
+        f"{type(error).__name__}: {error}",
+        traceback,
     )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(record), indent=1))

@@ -46,7 +46,9 @@ class Contingency:
         counts = np.diff(np.r_[starts, gt.size])
         self._append(gt[starts], seg[starts], counts.astype(np.int64))
 
-    def _append(self, gt: NDArray[np.uint64], seg: NDArray[np.uint64], count: NDArray[np.int64]) -> None:
+    def _append(
+        self, gt: NDArray[np.uint64], seg: NDArray[np.uint64], count: NDArray[np.int64]
+    ) -> None:
         self._gt.append(gt)
         self._seg.append(seg)
         self._count.append(count)
@@ -89,7 +91,7 @@ def _marginal(labels: NDArray[np.uint64], count: NDArray[np.int64]) -> NDArray[n
     """Per-pair total of the pair's label, e.g. the size of its gt body."""
     _, inverse = np.unique(labels, return_inverse=True)
     sums = np.bincount(inverse, weights=count.astype(np.float64))
-    return sums[inverse]
+    return np.asarray(sums[inverse], dtype=np.float64)
 
 
 def scores(contingency: Contingency) -> Scores:

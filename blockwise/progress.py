@@ -58,8 +58,8 @@ class StageProgress:
                 continue
             state = states[name]
             total = int(state.total_block_count)
-            settled = int(state.completed_count) + int(state.failed_count) + int(
-                state.orphaned_count
+            settled = (
+                int(state.completed_count) + int(state.failed_count) + int(state.orphaned_count)
             )
             timing = self.timings[name]
             if timing.start is None and (int(state.processing_count) > 0 or settled > 0):
@@ -110,7 +110,10 @@ class StageSummary:
 
 def format_summary(stages: list[StageSummary], wall_s: float) -> str:
     """The end-of-run table."""
-    header = f"{'stage':<18}{'blocks':>7}{'done':>7}{'skipped':>8}{'failed':>7}{'wall s':>9}{'MVox/s':>9}"
+    header = (
+        f"{'stage':<18}{'blocks':>7}{'done':>7}{'skipped':>8}{'failed':>7}"
+        f"{'wall s':>9}{'MVox/s':>9}"
+    )
     lines = ["", "Run summary", header, "-" * len(header)]
     for s in stages:
         lines.append(

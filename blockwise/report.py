@@ -13,7 +13,8 @@ def format_report(path: Path) -> str:
         "",
         f"Evaluation of {report['run']} against {report['ground_truth']}",
         f"ROI (nm) offset {report['roi_nm']['offset']} shape {report['roi_nm']['shape']}",
-        f"{'threshold':>10}{'VOI split':>11}{'VOI merge':>11}{'VOI sum':>9}{'ARAND':>8}{'segments':>10}",
+        f"{'threshold':>10}{'VOI split':>11}{'VOI merge':>11}{'VOI sum':>9}"
+        f"{'ARAND':>8}{'segments':>10}",
     ]
     for r in report["results"]:
         lines.append(

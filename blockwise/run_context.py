@@ -60,10 +60,14 @@ class RunContext:
         volume = open_volume(self.config.inputs.affinities, self.config.inputs.voxel_size)
         expected = len(self.config.inputs.offsets)
         if volume.num_channels != expected:
+            found = (
+                "no channel axis"
+                if volume.num_channels is None
+                else f"{volume.num_channels} channels"
+            )
             raise InputError(
-                f"affinities {volume.name} have "
-                f"{'no channel axis' if volume.num_channels is None else f'{volume.num_channels} channels'}"
-                f" but the config lists {expected} offsets; they must match"
+                f"affinities {volume.name} have {found} but the config lists {expected} "
+                "offsets; they must match"
             )
         if volume.dtype not in AFFINITY_DTYPES:
             raise InputError(

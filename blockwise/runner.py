@@ -52,8 +52,12 @@ class RunResult:
         if self.failures:
             lines = [f"\n{len(self.failures)} block(s) failed:"]
             for f in self.failures:
-                lines.append(f"  {f.stage} block {f.block_index} write ROI {f.write_roi}: {f.error}")
-            lines.append(f"tracebacks: {self.run_dir / failures.FAILURES_DIR}/<stage>/block_<i>.json")
+                lines.append(
+                    f"  {f.stage} block {f.block_index} write ROI {f.write_roi}: {f.error}"
+                )
+            lines.append(
+                f"tracebacks: {self.run_dir / failures.FAILURES_DIR}/<stage>/block_<i>.json"
+            )
             text += "\n".join(lines)
         for message in self.messages:
             text += f"\n{message}"
@@ -148,7 +152,11 @@ def run(config: RunConfig, multiprocessing: bool = True, progress: bool = True) 
         if state.abandoned:
             messages.append(f"{name} was abandoned: {state.abandon_reason}")
     result = RunResult(
-        stages, failures.read_failures(config.run_dir), time.monotonic() - start, config.run_dir, messages
+        stages,
+        failures.read_failures(config.run_dir),
+        time.monotonic() - start,
+        config.run_dir,
+        messages,
     )
     ctx.close()
     return result

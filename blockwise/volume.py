@@ -61,7 +61,9 @@ def _h5_datasets(handle: Any) -> list[str]:
     import h5py
 
     names: list[str] = []
-    handle.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    handle.visititems(
+        lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None
+    )
     return names
 
 
@@ -70,7 +72,7 @@ def _attr_voxel_size(attrs: Any) -> tuple[int, ...] | None:
         if key in attrs:
             value = attrs[key]
             try:
-                return tuple(int(round(float(v))) for v in np.asarray(value).ravel())
+                return tuple(round(float(v)) for v in np.asarray(value).ravel())
             except (TypeError, ValueError):
                 logger.debug("attribute %s=%r is not numeric", key, value)
     return None

@@ -89,7 +89,9 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_thresholds_sorted_and_stage_hash_changes() -> None:
     a = parse_config(minimal(segments={"thresholds": [0.7, 0.3]}))
     assert a.segments.thresholds == [0.3, 0.7]
-    b = parse_config(minimal(segments={"thresholds": [0.7, 0.3]}, agglomerate={"context_vx": [1, 1, 1]}))
+    b = parse_config(
+        minimal(segments={"thresholds": [0.7, 0.3]}, agglomerate={"context_vx": [1, 1, 1]})
+    )
     assert a.stage_hash("extract_fragments") == b.stage_hash("extract_fragments")
     assert a.stage_hash("agglomerate") != b.stage_hash("agglomerate")
 

@@ -61,9 +61,13 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
     for t in thresholds:
         s = scores(tables[t])
         _, seg, _ = tables[t].table()
-        results.append({"threshold": t, **asdict(s), "num_segments": int(len(set(seg.tolist())))})
+        results.append({"threshold": t, **asdict(s), "num_segments": len(set(seg.tolist()))})
         logger.info(
-            "threshold %.3f: VOI split %.3f merge %.3f ARAND %.3f", t, s.voi_split, s.voi_merge, s.arand
+            "threshold %.3f: VOI split %.3f merge %.3f ARAND %.3f",
+            t,
+            s.voi_split,
+            s.voi_merge,
+            s.arand,
         )
     return {
         "run": ctx.config.name,

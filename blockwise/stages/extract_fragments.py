@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from funlib.geometry import Roi
+from funlib.geometry import Coordinate, Roi
 
 from blockwise.fragments import fragments_from_affinities
 from blockwise.geometry import BlockGrid
@@ -25,16 +25,14 @@ logger = logging.getLogger(__name__)
 NAME = "extract_fragments"
 
 
-def crop_slices(inner: Roi, outer: Roi, voxel_size: tuple[int, ...]) -> tuple[slice, ...]:
+def crop_slices(inner: Roi, outer: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:
     """Slices selecting ``inner`` out of an array covering ``outer``."""
     begin = (inner.begin - outer.begin) / voxel_size
     end = (inner.end - outer.begin) / voxel_size
     return tuple(slice(int(b), int(e)) for b, e in zip(begin, end, strict=True))
 
 
-def fragment_nodes(
-    fragments: np.ndarray, roi: Roi, voxel_size: tuple[int, ...]
-) -> NodeTable:
+def fragment_nodes(fragments: np.ndarray, roi: Roi, voxel_size: tuple[int, ...]) -> NodeTable:
     """Nodes (id, centre in nm, size) of the non-zero fragments of an array covering ``roi``.
 
     The centre is the mean of the fragment's voxel offsets in world units.
@@ -58,17 +56,20 @@ def extract_block(
     """Fragments (global ids) of ``write_roi`` and their nodes; writes nothing."""
     params = ctx.config.extract_fragments
     affs = ctx.read_affinities(read_roi)
+    vs = ctx.voxel_size
     mask = ctx.read_mask(read_roi)
     local, _ = fragments_from_affinities(
         affs,
-        tuple(ctx.voxel_size),  # type: ignore[arg-type]
+        (vs[0], vs[1], vs[2]),
         boundary_threshold=params.boundary_threshold,
         min_seed_distance_nm=params.min_seed_distance_nm,
         seeds_per_section=params.seeds_per_section,
         min_fragment_size_vx=params.min_fragment_size_vx,
         mask=mask,
     )
-    cropped, _ = consecutive(np.ascontiguousarray(local[crop_slices(write_roi, read_roi, ctx.voxel_size)]))
+    cropped, _ = consecutive(
+        np.ascontiguousarray(local[crop_slices(write_roi, read_roi, ctx.voxel_size)])
+    )
     id_range = grid.id_range(grid.block_index(write_roi))
     fragments = np.where(cropped != 0, cropped + np.uint64(id_range.first - 1), np.uint64(0))
     return fragments.astype(np.uint64), fragment_nodes(fragments, write_roi, ctx.voxel_size)

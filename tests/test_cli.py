@@ -1,0 +1,107 @@
+"""`blockwise run` as a user runs it: real driver and worker processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from blockwise.config import parse_config
+from blockwise.runner import run
+
+from conftest import REPO, require_data
+
+BLOCKWISE = str(Path(sys.executable).with_name("blockwise"))
+
+
+@pytest.fixture(scope="module")
+def gala(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from blockwise.synthetic import synthesize_affinities_file
+
+    out = tmp_path_factory.mktemp("gala") / "gala_synth.zarr"
+    synthesize_affinities_file(require_data("gala_fib_train.h5"), "labels", out, seed=0)
+    return out
+
+
+def gala_config(gala: Path, run_dir: Path) -> dict[str, Any]:
+    data = yaml.safe_load((REPO / "configs" / "gala_ci.yaml").read_text())
+    data["run_dir"] = str(run_dir)
+    data["inputs"]["affinities"]["file"] = str(gala)
+    data["inputs"]["ground_truth"]["file"] = str(gala)
+    return data
+
+
+def blockwise(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BLOCKWISE, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.mark.slow
+def test_run_with_two_workers_matches_in_process(tmp_path: Path, gala: Path) -> None:
+    data = gala_config(gala, tmp_path / "cli")
+    path = tmp_path / "gala.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = blockwise("run", str(path), "--workers", "2", "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Run summary" in proc.stdout and "VOI split" in proc.stdout
+    cli_report = json.loads((tmp_path / "cli" / "evaluation.json").read_text())
+    assert (tmp_path / "cli" / "evaluation.png").stat().st_size > 1000
+    # worker processes really ran: one log per worker
+    assert list((tmp_path / "cli" / "logs").rglob("*"))
+
+    in_process = parse_config(gala_config(gala, tmp_path / "inproc"))
+    result = run(in_process, multiprocessing=False, progress=False)
+    assert result.ok, result.summary()
+    report = json.loads((tmp_path / "inproc" / "evaluation.json").read_text())
+    assert cli_report["results"] == report["results"]
+    for t in in_process.segments.thresholds:
+        name = f"segmentation/threshold_{t:.4f}"
+        a = zarr.open_group(str(tmp_path / "cli" / "output.zarr"), mode="r")[name][:]
+        b = zarr.open_group(str(tmp_path / "inproc" / "output.zarr"), mode="r")[name][:]
+        assert np.array_equal(a, b)
+
+
+def test_unknown_key_exits_2_naming_it(tmp_path: Path, gala: Path) -> None:
+    data = gala_config(gala, tmp_path / "run")
+    data["agglomerate"]["scoreing"] = "mean"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = blockwise("run", str(path), "--no-progress", timeout=120)
+    assert proc.returncode == 2
+    assert "unknown key `agglomerate.scoreing`" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_failed_block_exits_nonzero_listing_it(tmp_path: Path) -> None:
+    data = tmp_path / "nan.zarr"
+    affs = np.random.default_rng(0).random((3, 32, 32, 64)).astype(np.float32)
+    affs[:, 3, 3, 40] = np.nan  # block 1 of 2
+    root = zarr.open_group(str(data), mode="w")
+    root.create_dataset("affs", data=affs, chunks=(3, 16, 16, 16)).attrs["resolution"] = [8, 8, 8]
+    config = {
+        "name": "nan",
+        "run_dir": str(tmp_path / "run"),
+        "inputs": {"affinities": {"file": str(data), "dataset": "affs"}},
+        "output": {"chunk_shape_vx": [16, 16, 16]},
+        "extract_fragments": {"block_shape_vx": [32, 32, 32], "context_vx": [2, 2, 2]},
+        "execution": {"num_workers": 2, "max_retries": 1},
+    }
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = blockwise("run", str(path), "--no-progress")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 block(s) failed" in proc.stdout
+    assert "extract_fragments block 1 write ROI [0:256, 0:256, 256:512]" in proc.stdout
+    record = json.loads(
+        (tmp_path / "run" / "failures" / "extract_fragments" / "block_1.json").read_text()
+    )
+    assert "NaN" in record["traceback"]

@@ -1,0 +1,52 @@
+"""Block grid: indices, id ranges and their uniqueness."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from funlib.geometry import Coordinate, Roi
+
+from blockwise.errors import ConfigError
+from blockwise.geometry import BlockGrid
+
+
+def grid() -> BlockGrid:
+    return BlockGrid(Roi((100, 0, 0), (250, 300, 70)), Coordinate(10, 10, 10), Coordinate(8, 8, 4))
+
+
+def test_grid_shape_and_rois_tile_the_data() -> None:
+    g = grid()
+    assert g.grid_shape == Coordinate(4, 4, 2)
+    rois = list(g.write_rois())
+    assert len(rois) == g.num_blocks == 32
+    covered = sum(int(np.prod(list(r.shape / g.voxel_size))) for r in rois)
+    assert covered == 25 * 30 * 7
+    for i, roi in enumerate(rois):
+        assert g.data_roi.contains(roi)
+        assert g.block_index(roi) == i
+        for other in rois[i + 1 :]:
+            assert not roi.intersects(other)
+
+
+def test_id_ranges_disjoint_and_block_of_id() -> None:
+    g = grid()
+    ranges = [g.id_range(i) for i in range(g.num_blocks)]
+    for a, b in itertools.pairwise(ranges):
+        assert a.last + 1 == b.first
+    ids = np.array([r.first for r in ranges] + [r.last for r in ranges], dtype=np.uint64)
+    expected = np.r_[np.arange(g.num_blocks), np.arange(g.num_blocks)]
+    assert np.array_equal(g.block_of_id(ids), expected)
+
+
+def test_ids_must_fit_uint64() -> None:
+    with pytest.raises(ConfigError, match=r"does not fit uint64"):
+        BlockGrid(
+            Roi((0, 0, 0), (2**22, 2**22, 2**22)), Coordinate(1, 1, 1), Coordinate(256, 256, 256)
+        )
+
+
+def test_unaligned_write_roi() -> None:
+    with pytest.raises(ValueError, match=r"not aligned"):
+        grid().block_index(Roi((105, 0, 0), (80, 80, 40)))

@@ -1,0 +1,78 @@
+"""Block-wise equals whole-volume, on the real FIB-25 affinities (eval half, z >= 125)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blockwise.config import parse_config
+from blockwise.metrics import Contingency, scores
+from blockwise.run_context import RunContext
+from blockwise.runner import run
+
+from conftest import require_data
+
+# z >= 125 of the 250^3 cube at 10 nm
+EVAL_ROI = {"offset_nm": [1250, 0, 0], "shape_nm": [1250, 2500, 2500]}
+THRESHOLDS = [0.3, 0.5, 0.6, 0.7]
+
+
+def fib25_config(run_dir: Path, block: list[int], chunk: list[int], context: int) -> Any:
+    affs = require_data("fib25_baseline_affs.h5")
+    labels = require_data("fib25_training_sample2.h5")
+    return parse_config(
+        {
+            "name": run_dir.name,
+            "run_dir": str(run_dir),
+            "inputs": {
+                "affinities": {"file": str(affs), "dataset": "affs"},
+                "ground_truth": {"file": str(labels), "dataset": "labels"},
+                "roi": EVAL_ROI,
+            },
+            "output": {"chunk_shape_vx": chunk},
+            "extract_fragments": {
+                "block_shape_vx": block,
+                "context_vx": [context] * 3,
+                "min_seed_distance_nm": 100,
+                "min_fragment_size_vx": 50,
+            },
+            "agglomerate": {"context_vx": [2 * context] * 3},
+            "segments": {"thresholds": THRESHOLDS},
+        }
+    )
+
+
+@pytest.mark.slow
+def test_blockwise_64_within_0_1_voi_of_whole_volume(tmp_path: Path, record_property: Any) -> None:
+    whole_cfg = fib25_config(tmp_path / "whole", [125, 250, 250], [25, 50, 50], 0)
+    parts_cfg = fib25_config(tmp_path / "parts", [64, 64, 64], [32, 32, 32], 8)
+    whole = run(whole_cfg, multiprocessing=False, progress=False)
+    assert whole.ok, whole.summary()
+    assert whole.stages[0].total == 1
+    parts = run(parts_cfg, multiprocessing=False, progress=False)
+    assert parts.ok, parts.summary()
+    assert parts.stages[0].total == 2 * 4 * 4
+
+    whole_ctx, parts_ctx = RunContext(whole_cfg), RunContext(parts_cfg)
+    differences = {}
+    for t in THRESHOLDS:
+        a = whole_ctx.segmentation(t).read(whole_ctx.data_roi)
+        b = parts_ctx.segmentation(t).read(parts_ctx.data_roi)
+        c = Contingency()
+        c.add(a, b)
+        s = scores(c)
+        differences[t] = s.voi_split + s.voi_merge
+    whole_ctx.close()
+    parts_ctx.close()
+    record_property("voi_blockwise_vs_whole", differences)
+    print("VOI(sum) between 64^3 block-wise and whole-volume segmentations:", differences)
+    assert max(differences.values()) <= 0.1, differences
+
+    # and both score alike against the ground truth
+    w = json.loads((whole_cfg.run_dir / "evaluation.json").read_text())["results"]
+    p = json.loads((parts_cfg.run_dir / "evaluation.json").read_text())["results"]
+    for rw, rp in zip(w, p, strict=True):
+        assert abs((rw["voi_split"] + rw["voi_merge"]) - (rp["voi_split"] + rp["voi_merge"])) <= 0.1
