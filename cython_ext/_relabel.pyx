@@ -1,5 +1,103 @@
 # cython: language_level=3
-"""placeholder being written"""
+"""Map voxel ids through lookup tables; list the ids of a volume.
 
-def _loaded():
-    return True
+Reach these kernels only through :mod:`blockwise.kernels.relabel`, which checks
+dtypes and sorts and checks the tables first. All of them walk a flat C-ordered
+array and do their work once per run of equal ids, since neighbouring voxels
+mostly share an id.
+"""
+
+from libc.stdint cimport uint64_t
+from libcpp.algorithm cimport lower_bound, sort, unique
+from libcpp.unordered_set cimport unordered_set
+from libcpp.vector cimport vector
+
+import numpy as np
+
+
+def relabel_flat(const uint64_t[::1] ids not None, const uint64_t[::1] keys not None,
+                 const uint64_t[::1] values not None, uint64_t[::1] out not None):
+    """Write ``values[k]`` to ``out[v]`` where ``ids[v] == keys[k]``.
+
+    Args:
+        ids: Voxel ids.
+        keys: Strictly increasing table keys.
+        values: Table values, as many as ``keys``.
+        out: Output, as long as ``ids``.
+
+    Returns:
+        -1 when every id was mapped, else the index of the first voxel whose id is
+        neither a key nor 0 (0 maps to 0 unless it is a key). ``out`` is then
+        filled only up to that voxel.
+    """
+    cdef Py_ssize_t n = ids.shape[0]
+    cdef Py_ssize_t n_keys = keys.shape[0]
+    cdef Py_ssize_t v, k
+    cdef const uint64_t* first = &keys[0] if n_keys > 0 else NULL
+    cdef const uint64_t* found
+    cdef uint64_t previous, mapped = 0, current
+    cdef bint has_previous = False
+    cdef Py_ssize_t missing = -1
+
+    with nogil:
+        for v in range(n):
+            current = ids[v]
+            if not has_previous or current != previous:
+                found = lower_bound(first, first + n_keys, current)
+                k = found - first
+                if k < n_keys and keys[k] == current:
+                    mapped = values[k]
+                elif current == 0:
+                    mapped = 0
+                else:
+                    missing = v
+                    break
+                previous = current
+                has_previous = True
+            out[v] = mapped
+    return missing
+
+
+def unique_nonzero(const uint64_t[::1] ids not None):
+    """Return the distinct non-zero ids, increasing, as a uint64 array."""
+    cdef Py_ssize_t n = ids.shape[0]
+    cdef Py_ssize_t v
+    cdef uint64_t current, previous = 0
+    cdef vector[uint64_t] heads
+
+    with nogil:
+        for v in range(n):
+            current = ids[v]
+            if current != 0 and current != previous:
+                heads.push_back(current)
+            previous = current
+        sort(heads.begin(), heads.end())
+        heads.erase(unique(heads.begin(), heads.end()), heads.end())
+    return _to_array(heads)
+
+
+def first_occurrences(const uint64_t[::1] ids not None):
+    """Return the distinct non-zero ids in the order of their first voxel."""
+    cdef Py_ssize_t n = ids.shape[0]
+    cdef Py_ssize_t v
+    cdef uint64_t current, previous = 0
+    cdef unordered_set[uint64_t] seen
+    cdef vector[uint64_t] order
+
+    with nogil:
+        for v in range(n):
+            current = ids[v]
+            if current != 0 and current != previous:
+                if seen.insert(current).second:
+                    order.push_back(current)
+            previous = current
+    return _to_array(order)
+
+
+cdef _to_array(vector[uint64_t]& items):
+    result = np.empty(items.size(), dtype=np.uint64)
+    cdef uint64_t[::1] view = result
+    cdef size_t k
+    for k in range(items.size()):
+        view[k] = items[k]
+    return result

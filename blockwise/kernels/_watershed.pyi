@@ -1,0 +1,8 @@
+import numpy as np
+from numpy.typing import NDArray
+
+def flood(
+    surface: NDArray[np.float32],
+    labels: NDArray[np.uint64],
+    mask: NDArray[np.uint8] | None = None,
+) -> None: ...
