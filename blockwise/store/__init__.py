@@ -23,7 +23,9 @@ def open_store(uri: str) -> GraphStore:
 
         return SQLiteGraphStore(uri[len("sqlite:///") :])
     if uri.startswith(("mongodb://", "mongodb+srv://")):
-        raise StoreError(f"graph store {uri}: the MongoDB backend is not available in this version")
+        from blockwise.store.mongo import MongoGraphStore
+
+        return MongoGraphStore(uri)
     raise StoreError(
         f"graph store URI {uri!r} is not understood; expected sqlite:///PATH or "
         "mongodb://HOST:PORT/DBNAME"

@@ -5,10 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
+import numpy as np
 from funlib.geometry import Roi
 from numpy.typing import NDArray
-
-import numpy as np
 
 from blockwise.geometry import IdRange
 from blockwise.store.tables import EdgeTable, NodeTable
