@@ -59,13 +59,20 @@ class LocalWorker:
 
 @dataclass(frozen=True)
 class InProcessBlock:
-    """Processes one block in this process (serial mode: tests, notebooks, pdb)."""
+    """Processes one block in this process (serial mode: tests, notebooks, pdb).
+
+    A failing block is recorded and marked failed (daisy's serial mode would
+    otherwise abort the whole run on the first exception).
+    """
 
     ctx: RunContext
     stage: str
 
     def __call__(self, block: Any) -> None:
-        run_block(self.ctx, self.stage, block.read_roi, block.write_roi)
+        try:
+            run_block(self.ctx, self.stage, block.read_roi, block.write_roi)
+        except Exception:
+            block.status = daisy.BlockStatus.FAILED
 
 
 def tracking_path(ctx: RunContext, stage: str) -> Path:

@@ -16,7 +16,7 @@ import zarr
 from blockwise.config import parse_config
 from blockwise.runner import run
 
-from conftest import REPO, require_data
+from datafiles import REPO, require_data
 
 BLOCKWISE = str(Path(sys.executable).with_name("blockwise"))
 

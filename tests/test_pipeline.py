@@ -20,7 +20,7 @@ from blockwise.run_context import RunContext
 from blockwise.runner import run
 from blockwise.stages.find_segments import load_table
 
-from conftest import require_data
+from datafiles import require_data
 
 
 def write_crop(path: Path, z: slice, y: slice, x: slice) -> Path:

@@ -13,7 +13,7 @@ from blockwise.metrics import Contingency, scores
 from blockwise.run_context import RunContext
 from blockwise.runner import run
 
-from conftest import require_data
+from datafiles import require_data
 
 # z >= 125 of the 250^3 cube at 10 nm
 EVAL_ROI = {"offset_nm": [1250, 0, 0], "shape_nm": [1250, 2500, 2500]}
