@@ -149,7 +149,7 @@ private:
 };
 
 // Open-addressing map from non-zero fragment ids to dense indices 0..n-1, in
-// order of insertion.
+// order of insertion; grows as needed.
 class FragmentIndex {
 public:
 	explicit FragmentIndex(std::size_t n) : _keys(capacity_for(n), 0), _values(_keys.size()), _mask(_keys.size() - 1) {}
@@ -164,6 +164,7 @@ public:
 		}
 		_keys[h] = id;
 		_values[h] = _size;
+		if ((_size + 1) * 2 > _keys.size()) grow();
 		return _size++;
 	}
 
@@ -181,6 +182,21 @@ public:
 	static constexpr std::size_t kNotFound = std::numeric_limits<std::size_t>::max();
 
 private:
+	void grow() {
+		std::vector<std::uint64_t> keys(_keys.size() * 2, 0);
+		std::vector<std::size_t> values(keys.size());
+		keys.swap(_keys);
+		values.swap(_values);
+		_mask = _keys.size() - 1;
+		for (std::size_t i = 0; i < keys.size(); i++) {
+			if (keys[i] == 0) continue;
+			std::size_t h = mix64(keys[i]) & _mask;
+			while (_keys[h] != 0) h = (h + 1) & _mask;
+			_keys[h] = keys[i];
+			_values[h] = values[i];
+		}
+	}
+
 	std::vector<std::uint64_t> _keys;  // 0: empty
 	std::vector<std::size_t> _values;
 	std::size_t _mask;
@@ -387,17 +403,25 @@ public:
 		std::vector<std::uint64_t> begin;
 		std::vector<std::uint8_t> bins;
 		_faces.group(n_edges, begin, bins);
+		// count each edge's bins densely, then read out the non-empty ones in
+		// order from a bitmap
+		std::uint32_t counts[kBins] = {};
 		for (std::size_t e = 0; e < n_edges; e++) {
-			auto first = bins.begin() + begin[e], last = bins.begin() + begin[e + 1];
-			std::sort(first, last);
-			std::vector<Bin>& histogram = _histograms[e];
-			for (auto it = first; it != last; ++it) {
-				if (!histogram.empty() && histogram.back().bin == *it)
-					histogram.back().count++;
-				else
-					histogram.push_back(Bin{*it, 1});
+			std::uint64_t used[kBins / 64] = {};
+			for (std::uint64_t f = begin[e]; f < begin[e + 1]; f++) {
+				counts[bins[f]]++;
+				used[bins[f] >> 6] |= std::uint64_t(1) << (bins[f] & 63);
 			}
-			histogram.shrink_to_fit();
+			std::vector<Bin>& histogram = _histograms[e];
+			std::size_t n_used = 0;
+			for (std::uint64_t word : used) n_used += static_cast<std::size_t>(__builtin_popcountll(word));
+			histogram.reserve(n_used);
+			for (int w = 0; w < kBins / 64; w++)
+				for (std::uint64_t word = used[w]; word != 0; word &= word - 1) {
+					const int bin = w * 64 + __builtin_ctzll(word);
+					histogram.push_back(Bin{static_cast<std::uint32_t>(bin), counts[bin]});
+					counts[bin] = 0;
+				}
 		}
 	}
 

@@ -29,6 +29,7 @@ from blockwise.errors import InputError
 from blockwise.kernels import _region_merging
 
 __all__ = [
+    "MAX_K",
     "RegionGraph",
     "RegionMergingInputError",
     "Scoring",

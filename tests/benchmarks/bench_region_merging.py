@@ -92,7 +92,10 @@ def _worker(method: str, scoring: str, folder: Path, threshold: float, repeat: i
 
         scoring_ours = Scoring(**SCORINGS[scoring]["ours"])
         merge_seconds = []
+        graph = segmentation = None
         for _ in range(repeat):
+            # drop the last run's results first, so that they do not count twice in the peak
+            graph = segmentation = None
             start = time.perf_counter()
             graph = merge_regions(affs, fragments, threshold, scoring_ours)
             merged = time.perf_counter()
@@ -105,6 +108,7 @@ def _worker(method: str, scoring: str, folder: Path, threshold: float, repeat: i
         import waterz
 
         for _ in range(repeat):
+            segmentation = None
             start = time.perf_counter()
             (segmentation,) = waterz.agglomerate(
                 affs,

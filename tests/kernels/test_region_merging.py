@@ -384,10 +384,22 @@ def _reference_partition(
         (Scoring("quantile", 50, init_with_max=True), _quantile_statistic(50, True)),
         (Scoring("quantile", 50, init_with_max=False), _quantile_statistic(50, False)),
         (Scoring("quantile", 80, init_with_max=False), _quantile_statistic(80, False)),
+        (Scoring("quantile", 0, init_with_max=False), _quantile_statistic(0, False)),
+        (Scoring("quantile", 100, init_with_max=False), _quantile_statistic(100, False)),
         (Scoring("mean_max_k", k=3), _mean_max_k_statistic(3)),
         (Scoring("mean_max_k", k=1), _mean_max_k_statistic(1)),
+        (Scoring("mean_max_k", k=64), _mean_max_k_statistic(64)),
     ],
-    ids=["quantile50-max", "quantile50", "quantile80", "max3", "max1"],
+    ids=[
+        "quantile50-max",
+        "quantile50",
+        "quantile80",
+        "quantile0",
+        "quantile100",
+        "max3",
+        "max1",
+        "max64",
+    ],
 )
 @pytest.mark.parametrize("seed", [10, 11, 12])
 def test_matches_slow_reference(seed: int, scoring: Scoring, statistic: Callable) -> None:
@@ -405,6 +417,13 @@ def test_matches_slow_reference(seed: int, scoring: Scoring, statistic: Callable
             segment(fragments, graph, threshold),
             _reference_partition(fragments, faces, statistic, threshold),
         ), f"partition at {threshold}"
+
+
+def test_histogram_quantile_100_scores_as_waterz() -> None:
+    """waterz's histogram never reaches its pivot at q=100 and scores with bin 256."""
+    affs, fragments = _random_inputs(17)
+    graph = merge_regions(affs, fragments, 0.5, Scoring("histogram_quantile", quantile=100))
+    np.testing.assert_array_equal(graph.score, np.float32(1.0 - 256.5 / 256))
 
 
 # ---------------------------------------------------------------- properties
@@ -464,13 +483,19 @@ def test_segment_labels_are_smallest_ids_and_inputs_untouched() -> None:
         assert fragments[segmentation == label].min() == label
 
 
-def test_non_contiguous_inputs_give_the_same_graph() -> None:
+def test_non_contiguous_and_read_only_inputs_give_the_same_graph() -> None:
     affs, fragments = _random_inputs(16)
-    strided_affs = np.asfortranarray(affs)
-    strided_fragments = np.asfortranarray(fragments)
-    ours = merge_regions(strided_affs, strided_fragments, 0.7)
     expected = merge_regions(affs, fragments, 0.7)
+    ours = merge_regions(np.asfortranarray(affs), np.asfortranarray(fragments), 0.7)
     np.testing.assert_array_equal(ours.merge_score, expected.merge_score)
+
+    affs.flags.writeable = False
+    fragments.flags.writeable = False
+    ours = merge_regions(affs, fragments, 0.7)
+    np.testing.assert_array_equal(ours.merge_score, expected.merge_score)
+    np.testing.assert_array_equal(
+        segment(fragments, ours, 0.7), segment(fragments.copy(), expected, 0.7)
+    )
 
 
 def test_no_edges() -> None:
