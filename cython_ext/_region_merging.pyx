@@ -2,11 +2,12 @@
 """Compiled region merging (MALA / waterz), see ``region_merging.hpp``.
 
 Reached only through :mod:`blockwise.kernels.region_merging`, which validates
-the inputs (shapes, dtypes, affinities in [0, 1], the scoring parameters)
-before calling :func:`merge_regions`.
+the inputs (shapes, dtypes, affinities in [0, 1], the scoring parameters, the
+graph's edges) before calling :func:`merge_regions` or :func:`merge_graph`.
+The statistic blobs given to :func:`merge_graph` are checked by the kernel.
 """
 
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy
 from libcpp cimport bool as cbool
 from libcpp.vector cimport vector
@@ -20,6 +21,14 @@ cdef extern from "region_merging.hpp" namespace "blockwise::region_merging" nogi
         vector[float] score
         vector[float] merge_score
         uint64_t n_merges
+        vector[uint8_t] statistics
+        vector[uint64_t] statistics_begin
+
+    cdef cppclass StatisticBlobs:
+        const uint8_t* data
+        const uint64_t* begin
+        const uint64_t* order
+        size_t n_edges
 
     int kMean
     int kHistogramQuantile
@@ -33,6 +42,24 @@ cdef extern from "region_merging.hpp" namespace "blockwise::region_merging" nogi
         size_t depth,
         size_t height,
         size_t width,
+        float threshold,
+        int kind,
+        int quantile,
+        int k,
+        cbool init_with_max,
+        const uint64_t* forced_u,
+        const uint64_t* forced_v,
+        size_t n_forced,
+        cbool with_statistics,
+        MergeResult& result,
+    ) except +
+
+    void merge_graph_cpp "blockwise::region_merging::merge_graph"(
+        const uint64_t* u,
+        const uint64_t* v,
+        size_t n_edges,
+        const StatisticBlobs& blobs,
+        const uint8_t* forced,
         float threshold,
         int kind,
         int quantile,
@@ -70,6 +97,9 @@ def merge_regions(
     int quantile,
     int k,
     bint init_with_max,
+    const uint64_t[::1] forced_u,
+    const uint64_t[::1] forced_v,
+    bint with_statistics,
 ):
     """Build the region graph of ``fragments`` and merge until ``threshold``.
 
@@ -82,14 +112,24 @@ def merge_regions(
         quantile: 0..100, for the two quantile kinds.
         k: 1..MAX_K, for "mean_max_k".
         init_with_max: waterz's InitWithMax, for the two quantile kinds.
+        forced_u, forced_v: fragment pairs whose edges (if any) are merged
+            before all others.
+        with_statistics: whether to return the initial statistics.
 
     Returns:
-        ``(u, v, score, merge_score, n_merges)``: per edge, sorted by (u, v),
-        the fragment ids (uint64, u < v), the initial score and the merge
-        score (float32, NaN if never merged), and the number of merges.
+        ``(u, v, score, merge_score, n_merges, statistics)``: per edge, sorted
+        by (u, v), the fragment ids (uint64, u < v), the initial score and the
+        merge score (float32, NaN if never merged), the number of merges, and
+        a tuple of one statistic blob per edge (None without
+        ``with_statistics``).
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {sorted(_KINDS)}, not {kind!r}")
+    if forced_u.shape[0] != forced_v.shape[0]:
+        raise ValueError(
+            f"forced_u and forced_v must have the same length, not "
+            f"{forced_u.shape[0]} and {forced_v.shape[0]}"
+        )
     if (
         affs.shape[0] != 3
         or affs.shape[1] != fragments.shape[0]
@@ -113,13 +153,103 @@ def merge_regions(
     else:
         depth = height = width = 0
 
+    cdef size_t n_forced = forced_u.shape[0]
+    cdef const uint64_t* forced_u_data = NULL
+    cdef const uint64_t* forced_v_data = NULL
+    if n_forced > 0:
+        forced_u_data = &forced_u[0]
+        forced_v_data = &forced_v[0]
+
     cdef MergeResult result
     with nogil:
         merge_regions_cpp(
             affs_data, fragments_data, depth, height, width, threshold,
-            kind_code, quantile, k, init_with_max, result,
+            kind_code, quantile, k, init_with_max,
+            forced_u_data, forced_v_data, n_forced, with_statistics, result,
+        )
+    statistics = _blobs(result) if with_statistics else None
+    return _arrays(result) + (statistics,)
+
+
+def merge_graph(
+    const uint64_t[::1] u,
+    const uint64_t[::1] v,
+    const uint8_t[::1] data,
+    const uint64_t[::1] begin,
+    const uint64_t[::1] order,
+    forced,
+    float threshold,
+    str kind,
+    int quantile,
+    int k,
+    bint init_with_max,
+):
+    """Merge a given region graph until ``threshold``, as :func:`merge_regions`.
+
+    Args:
+        u, v: the edges, sorted by (u, v), unique, 0 < u < v.
+        data, begin: the statistic blobs, blob i is ``data[begin[i]:begin[i + 1]]``.
+        order: edge e's statistic is blob ``order[e]``.
+        forced: None, or a uint8 array, nonzero for the edges merged first.
+        threshold, kind, quantile, k, init_with_max: as for merge_regions.
+
+    Returns:
+        ``(u, v, score, merge_score, n_merges)`` as :func:`merge_regions`.
+
+    Raises:
+        ValueError: if a blob is malformed or not of this scoring.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {sorted(_KINDS)}, not {kind!r}")
+    cdef size_t n_edges = u.shape[0]
+    if (
+        <size_t> v.shape[0] != n_edges
+        or <size_t> order.shape[0] != n_edges
+        or <size_t> begin.shape[0] != n_edges + 1
+    ):
+        raise ValueError(
+            f"u, v, order and begin must have n, n, n and n + 1 entries, not "
+            f"{u.shape[0]}, {v.shape[0]}, {order.shape[0]} and {begin.shape[0]}"
+        )
+    cdef const uint8_t[::1] forced_view
+    cdef const uint8_t* forced_data = NULL
+    if forced is not None:
+        forced_view = forced
+        if <size_t> forced_view.shape[0] != n_edges:
+            raise ValueError(f"forced must have {n_edges} entries, not {forced_view.shape[0]}")
+        if n_edges > 0:
+            forced_data = &forced_view[0]
+    cdef size_t i
+    for i in range(n_edges):
+        if order[i] >= n_edges:
+            raise ValueError(f"order[{i}] = {order[i]} is not an index of the {n_edges} blobs")
+    for i in range(n_edges):
+        if begin[i] > begin[i + 1]:
+            raise ValueError(f"begin must be non-decreasing, begin[{i}] > begin[{i + 1}]")
+    if <size_t> begin[n_edges] > <size_t> data.shape[0] or begin[0] != 0:
+        raise ValueError(
+            f"begin must run from 0 to at most {data.shape[0]}, not {begin[0]} to {begin[n_edges]}"
         )
 
+    cdef StatisticBlobs blobs
+    blobs.data = &data[0] if data.shape[0] > 0 else NULL
+    blobs.begin = &begin[0]
+    blobs.order = &order[0] if n_edges > 0 else NULL
+    blobs.n_edges = n_edges
+    cdef const uint64_t* u_data = &u[0] if n_edges > 0 else NULL
+    cdef const uint64_t* v_data = &v[0] if n_edges > 0 else NULL
+    cdef int kind_code = _KINDS[kind]
+    cdef MergeResult result
+    with nogil:
+        merge_graph_cpp(
+            u_data, v_data, n_edges, blobs, forced_data, threshold,
+            kind_code, quantile, k, init_with_max, result,
+        )
+    return _arrays(result)
+
+
+cdef tuple _arrays(MergeResult& result):
+    """``(u, v, score, merge_score, n_merges)`` of a result, as numpy arrays."""
     cdef size_t n_edges = result.u.size()
     u = np.empty(n_edges, dtype=np.uint64)
     v = np.empty(n_edges, dtype=np.uint64)
@@ -135,6 +265,17 @@ def merge_regions(
         memcpy(&score_view[0], result.score.data(), n_edges * sizeof(float))
         memcpy(&merge_score_view[0], result.merge_score.data(), n_edges * sizeof(float))
     return u, v, score, merge_score, int(result.n_merges)
+
+
+cdef tuple _blobs(MergeResult& result):
+    """The statistic blobs of a result, one bytes object per edge."""
+    cdef size_t n_edges = result.statistics_begin.size() - 1
+    cdef const char* data = <const char*> result.statistics.data()
+    cdef list blobs = [None] * n_edges
+    cdef size_t e
+    for e in range(n_edges):
+        blobs[e] = data[result.statistics_begin[e]:result.statistics_begin[e + 1]]
+    return tuple(blobs)
 
 
 def segment(

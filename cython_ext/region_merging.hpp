@@ -28,6 +28,15 @@
 // region), edges are found by a hash map keyed by slot pairs instead of a scan
 // of incidence lists, and removed edges are skipped lazily.
 //
+// Two additions for block-wise processing, neither of which changes the result
+// where it is not used:
+//
+//   * forced edges (the halves of a fragment cut by a block face) are merged
+//     before all others: they enter the queue with the score -inf;
+//   * the region graph can be given as edges with each edge's initial
+//     statistic (serialized, see "serialization") instead of a volume, and is
+//     then merged exactly as the graph of the volume they came from.
+//
 // Floating point: the statistics are computed in float and the OneMinus step
 // in double, then rounded to float, exactly as waterz does. This assumes that
 // the compiler contracts no a*b+c into an FMA, which holds for the default
@@ -36,12 +45,15 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <queue>
 #include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -70,6 +82,10 @@ struct MergeResult {
 	std::vector<float> score;          // initial score (1 - statistic)
 	std::vector<float> merge_score;    // cummax of pop scores at the merge joining u and v, or NaN
 	std::uint64_t n_merges = 0;
+	// only if asked for: edge e's serialized initial statistic is
+	// statistics[statistics_begin[e]:statistics_begin[e + 1]]
+	std::vector<std::uint8_t> statistics;
+	std::vector<std::uint64_t> statistics_begin;
 };
 
 // ---------------------------------------------------------------- hashing
@@ -268,6 +284,122 @@ private:
 	std::size_t _mask;
 };
 
+// ---------------------------------------------------------------- serialization
+
+// The statistic of one edge, as a blob of bytes (little-endian whatever the
+// host): a tag byte, (kFormatVersion << 4) | (InitWithMax << 3) | kind (the
+// InitWithMax bit only for the two quantile kinds), then per kind
+//
+//   kMean               float32 mean, uint64 count (>= 1)                 13 bytes
+//   kHistogramQuantile  per non-empty bin, in increasing bin order:
+//                       uint8 bin, uint32 count (>= 1); at least one bin  1 + 5 n bytes
+//                       (InitWithMax: one bin, count 1)
+//   kQuantile           the float32 face affinities in scan order, at
+//                       least one (InitWithMax: one, their maximum)       1 + 4 n bytes
+//   kMeanMaxK           the k largest float32 face affinities,
+//                       descending, padded with lowest() (-FLT_MAX)       1 + 4 k bytes
+//
+// Floats are finite. The quantile itself is not part of the state: a blob
+// serves every quantile.
+
+constexpr std::uint8_t kFormatVersion = 1;
+
+inline std::uint8_t format_tag(int kind, bool init_with_max) {
+	const bool has_flag = init_with_max && (kind == kHistogramQuantile || kind == kQuantile);
+	return static_cast<std::uint8_t>((kFormatVersion << 4) | (has_flag ? 8 : 0) | kind);
+}
+
+inline const char* kind_name(int kind) {
+	switch (kind) {
+		case kMean:
+			return "mean";
+		case kHistogramQuantile:
+			return "histogram_quantile";
+		case kQuantile:
+			return "quantile";
+		case kMeanMaxK:
+			return "mean_max_k";
+		default:
+			return "unknown";
+	}
+}
+
+inline std::uint8_t* store_u32(std::uint8_t* out, std::uint32_t x) {
+	for (int i = 0; i < 4; i++) out[i] = static_cast<std::uint8_t>(x >> (8 * i));
+	return out + 4;
+}
+
+inline std::uint8_t* store_u64(std::uint8_t* out, std::uint64_t x) {
+	for (int i = 0; i < 8; i++) out[i] = static_cast<std::uint8_t>(x >> (8 * i));
+	return out + 8;
+}
+
+inline std::uint8_t* store_f32(std::uint8_t* out, float x) {
+	std::uint32_t bits;
+	std::memcpy(&bits, &x, 4);
+	return store_u32(out, bits);
+}
+
+inline std::uint32_t load_u32(const std::uint8_t* in) {
+	std::uint32_t x = 0;
+	for (int i = 0; i < 4; i++) x |= static_cast<std::uint32_t>(in[i]) << (8 * i);
+	return x;
+}
+
+inline std::uint64_t load_u64(const std::uint8_t* in) {
+	std::uint64_t x = 0;
+	for (int i = 0; i < 8; i++) x |= static_cast<std::uint64_t>(in[i]) << (8 * i);
+	return x;
+}
+
+inline float load_f32(const std::uint8_t* in) {
+	const std::uint32_t bits = load_u32(in);
+	float x;
+	std::memcpy(&x, &bits, 4);
+	return x;
+}
+
+// The blobs of a graph's edges: edge e's is blob order[e], which is
+// data[begin[order[e]]:begin[order[e] + 1]].
+struct StatisticBlobs {
+	const std::uint8_t* data;
+	const std::uint64_t* begin;
+	const std::uint64_t* order;
+	std::size_t n_edges;
+
+	// The payload (after the tag) of edge e's blob, checked to be of `kind`
+	// and `init_with_max`.
+	const std::uint8_t* payload(EdgeId e, int kind, bool init_with_max, std::size_t& size) const {
+		const std::uint64_t i = order[e];
+		const std::uint8_t* blob = data + begin[i];
+		const std::size_t n = static_cast<std::size_t>(begin[i + 1] - begin[i]);
+		if (n == 0) fail(e, "is empty");
+		const std::uint8_t expected = format_tag(kind, init_with_max);
+		if (blob[0] != expected) {
+			const int their_kind = blob[0] & 7, their_version = blob[0] >> 4;
+			const bool their_flag = blob[0] & 8;
+			if (their_version != kFormatVersion || their_kind > kMeanMaxK ||
+			    blob[0] != format_tag(their_kind, their_flag))
+				fail(e, "does not start with a known format tag (" + std::to_string(blob[0]) + "; expected " +
+				            std::to_string(expected) + " for format version " + std::to_string(kFormatVersion) +
+				            " of \"" + kind_name(kind) + "\")");
+			if (their_kind != kind)
+				fail(e, std::string("holds a \"") + kind_name(their_kind) + "\" statistic, but the scoring is \"" +
+				            kind_name(kind) + "\"");
+			fail(e, std::string("was made with init_with_max=") + (their_flag ? "True" : "False") +
+			            ", but the scoring has init_with_max=" + (init_with_max ? "True" : "False"));
+		}
+		size = n - 1;
+		return blob + 1;
+	}
+
+	[[noreturn]] void fail(EdgeId e, const std::string& what) const {
+		throw std::invalid_argument("statistics[" + std::to_string(order[e]) + "] " + what);
+	}
+};
+
+inline bool is_finite(float x) { return std::isfinite(x); }
+
 // ---------------------------------------------------------------- scoring
 
 // waterz's one_minus<float>: 1.0 - x in double, rounded to float on return.
@@ -290,6 +422,11 @@ void permute(std::vector<T>& values, const std::vector<EdgeId>& order) {
 //   merge(from, to)            waterz's notifyEdgeMerge (always "changed")
 //   release(e)                 free what a deleted edge held
 //   value(e)                   the affinity statistic (score = 1 - value)
+//   serialized_size(e)         bytes of edge e's blob (see "serialization")
+//   serialize(e, out)          writes edge e's blob, returns its end; only
+//                              before any merge (the initial statistic)
+//   load(blobs)                instead of new_edge ... permute: the state of
+//                              blobs.n_edges edges, from their blobs
 
 // MeanAffinityProvider<RegionGraphType, float>
 class MeanStatistic {
@@ -327,6 +464,29 @@ public:
 	void release(EdgeId) {}
 
 	float value(EdgeId e) const { return _mean[e]; }
+
+	std::size_t serialized_size(EdgeId) const { return 13; }
+
+	std::uint8_t* serialize(EdgeId e, std::uint8_t* out) const {
+		*out++ = format_tag(kMean, false);
+		out = store_f32(out, _mean[e]);
+		return store_u64(out, _count[e]);
+	}
+
+	void load(const StatisticBlobs& blobs) {
+		_mean.resize(blobs.n_edges);
+		_count.resize(blobs.n_edges);
+		for (EdgeId e = 0; e < blobs.n_edges; e++) {
+			std::size_t size;
+			const std::uint8_t* p = blobs.payload(e, kMean, false, size);
+			if (size != 12)
+				blobs.fail(e, "has " + std::to_string(size + 1) + " bytes, a \"mean\" statistic has 13");
+			_mean[e] = load_f32(p);
+			_count[e] = load_u64(p + 4);
+			if (!is_finite(_mean[e])) blobs.fail(e, "holds a mean that is not finite");
+			if (_count[e] == 0) blobs.fail(e, "holds a count of 0 faces");
+		}
+	}
 
 private:
 	std::vector<float> _mean;
@@ -471,6 +631,41 @@ public:
 		return static_cast<float>((static_cast<float>(bin) + 0.5) / kBins);
 	}
 
+	std::size_t serialized_size(EdgeId e) const { return 1 + 5 * _histograms[e].size(); }
+
+	std::uint8_t* serialize(EdgeId e, std::uint8_t* out) const {
+		*out++ = format_tag(kHistogramQuantile, _init_with_max);
+		for (const Bin& b : _histograms[e]) {
+			*out++ = static_cast<std::uint8_t>(b.bin);
+			out = store_u32(out, b.count);
+		}
+		return out;
+	}
+
+	void load(const StatisticBlobs& blobs) {
+		_histograms.assign(blobs.n_edges, {});
+		for (EdgeId e = 0; e < blobs.n_edges; e++) {
+			std::size_t size;
+			const std::uint8_t* p = blobs.payload(e, kHistogramQuantile, _init_with_max, size);
+			if (size == 0 || size % 5 != 0)
+				blobs.fail(e, "has " + std::to_string(size + 1) +
+				                  " bytes, a \"histogram_quantile\" statistic has 1 + 5 n (n >= 1 bins)");
+			const std::size_t n_bins = size / 5;
+			std::vector<Bin>& histogram = _histograms[e];
+			histogram.reserve(n_bins);
+			for (std::size_t i = 0; i < n_bins; i++, p += 5) {
+				const Bin b{p[0], load_u32(p + 1)};
+				if (!histogram.empty() && b.bin <= histogram.back().bin)
+					blobs.fail(e, "has histogram bins that are not strictly increasing");
+				if (b.count == 0) blobs.fail(e, "has a histogram bin with a count of 0");
+				histogram.push_back(b);
+			}
+			if (_init_with_max && (n_bins != 1 || histogram[0].count != 1))
+				blobs.fail(e, "is a histogram of several faces, but with init_with_max an edge starts as "
+				              "one face (its maximum)");
+		}
+	}
+
 private:
 	struct Bin {
 		std::uint32_t bin;
@@ -548,6 +743,41 @@ public:
 	float value(EdgeId e) const {
 		if (!_merged[e].empty()) return _merged[e][pivot(_merged[e].size())];
 		return flat_begin(e)[pivot(_size[e])];
+	}
+
+	std::size_t serialized_size(EdgeId e) const { return 1 + 4 * static_cast<std::size_t>(_size[e]); }
+
+	std::uint8_t* serialize(EdgeId e, std::uint8_t* out) const {
+		*out++ = format_tag(kQuantile, _init_with_max);
+		const float* values = flat_begin(e);
+		for (std::uint32_t i = 0; i < _size[e]; i++) out = store_f32(out, values[i]);
+		return out;
+	}
+
+	void load(const StatisticBlobs& blobs) {
+		_flat.clear();
+		_begin.resize(blobs.n_edges);
+		_size.resize(blobs.n_edges);
+		_merged.assign(blobs.n_edges, {});
+		for (EdgeId e = 0; e < blobs.n_edges; e++) {
+			std::size_t size;
+			const std::uint8_t* p = blobs.payload(e, kQuantile, _init_with_max, size);
+			if (size == 0 || size % 4 != 0)
+				blobs.fail(e, "has " + std::to_string(size + 1) +
+				                  " bytes, a \"quantile\" statistic has 1 + 4 n (n >= 1 affinities)");
+			const std::size_t n = size / 4;
+			if (_init_with_max && n != 1)
+				blobs.fail(e, "holds " + std::to_string(n) +
+				                  " affinities, but with init_with_max an edge starts with one (its maximum)");
+			if (n > std::numeric_limits<std::uint32_t>::max()) blobs.fail(e, "holds more than 2^32 - 1 affinities");
+			_begin[e] = _flat.size();
+			_size[e] = static_cast<std::uint32_t>(n);
+			for (std::size_t i = 0; i < n; i++, p += 4) {
+				const float value = load_f32(p);
+				if (!is_finite(value)) blobs.fail(e, "holds an affinity that is not finite");
+				_flat.push_back(value);
+			}
+		}
 	}
 
 private:
@@ -632,6 +862,36 @@ public:
 		return sum / k;
 	}
 
+	std::size_t serialized_size(EdgeId) const { return 1 + 4 * static_cast<std::size_t>(_k); }
+
+	std::uint8_t* serialize(EdgeId e, std::uint8_t* out) const {
+		*out++ = format_tag(kMeanMaxK, false);
+		const float* values = &_values[static_cast<std::size_t>(e) * _k];
+		for (int k = 0; k < _k; k++) out = store_f32(out, values[k]);
+		return out;
+	}
+
+	void load(const StatisticBlobs& blobs) {
+		_values.resize(blobs.n_edges * static_cast<std::size_t>(_k));
+		const std::size_t expected = 4 * static_cast<std::size_t>(_k);
+		for (EdgeId e = 0; e < blobs.n_edges; e++) {
+			std::size_t size;
+			const std::uint8_t* p = blobs.payload(e, kMeanMaxK, false, size);
+			if (size != expected)
+				blobs.fail(e, "has " + std::to_string(size + 1) + " bytes, a \"mean_max_k\" statistic of k = " +
+				                  std::to_string(_k) + " has " + std::to_string(expected + 1) +
+				                  (size % 4 == 0 ? " (the blob holds k = " + std::to_string(size / 4) + ")" : ""));
+			float* values = &_values[static_cast<std::size_t>(e) * _k];
+			for (int k = 0; k < _k; k++, p += 4) {
+				values[k] = load_f32(p);
+				if (!is_finite(values[k])) blobs.fail(e, "holds an affinity that is not finite");
+				if (k > 0 && values[k] > values[k - 1])
+					blobs.fail(e, "holds affinities that are not in descending order");
+			}
+			if (values[0] == kUnset) blobs.fail(e, "holds no affinity (all padding)");
+		}
+	}
+
 private:
 	static constexpr float kUnset = std::numeric_limits<float>::lowest();
 
@@ -641,24 +901,95 @@ private:
 
 // ---------------------------------------------------------------- merging
 
+// The queue score of a forced edge: below every real score.
+constexpr float kForcedScore = -std::numeric_limits<float>::infinity();
+
 // waterz's PriorityQueue: a min-heap on the score alone, ties broken by the
-// heap's layout. The edge id type does not enter any comparison.
+// heap's layout. The edge id enters a comparison only between two forced
+// edges (which waterz does not have), so that they pop in edge order.
 struct QueueEntry {
 	EdgeId edge;
 	float score;
-	bool operator>(const QueueEntry& other) const { return score > other.score; }
+	bool operator>(const QueueEntry& other) const {
+		return score > other.score || (score == kForcedScore && other.score == kForcedScore && edge > other.edge);
+	}
 };
 using EdgeQueue = std::priority_queue<QueueEntry, std::vector<QueueEntry>, std::greater<QueueEntry>>;
 
 template <typename Statistic>
 class RegionMerging {
 public:
+	// The region graph of a fragment volume, its statistics from a scan of the
+	// faces.
 	RegionMerging(const float* affs, const std::uint64_t* fragments, std::size_t depth, std::size_t height,
 	              std::size_t width, Statistic statistic)
 	    : _statistic(std::move(statistic)) {
 		extract_region_graph(affs, fragments, depth, height, width);
 	}
 
+	// A given region graph: edges (u[e], v[e]), sorted by (u, v), unique,
+	// 0 < u < v; `statistic` holds their statistics already (load()).
+	RegionMerging(const std::uint64_t* u, const std::uint64_t* v, std::size_t n_edges, Statistic statistic)
+	    : _statistic(std::move(statistic)) {
+		if (n_edges >= static_cast<std::size_t>(kNoEdge) - 1)
+			throw std::overflow_error("more than 2^32 - 2 region-graph edges");
+		FragmentIndex slots(n_edges);
+		_u.assign(u, u + n_edges);
+		_v.assign(v, v + n_edges);
+		_end_a.resize(n_edges);
+		_end_b.resize(n_edges);
+		for (std::size_t e = 0; e < n_edges; e++) {
+			if (u[e] == 0 || u[e] >= v[e] || (e > 0 && (u[e - 1] > u[e] || (u[e - 1] == u[e] && v[e - 1] >= v[e]))))
+				throw std::invalid_argument("the edges must be sorted by (u, v), unique, with 0 < u < v");
+			_end_a[e] = static_cast<SlotId>(slots.find_or_insert(u[e]));
+			_end_b[e] = static_cast<SlotId>(slots.find_or_insert(v[e]));
+		}
+		if (slots.size() >= static_cast<std::size_t>(std::numeric_limits<SlotId>::max()))
+			throw std::overflow_error("more than 2^32 - 2 fragments with edges");
+		index_edges(slots.size());
+	}
+
+	// Writes the initial statistic of every edge (before merge_until).
+	void serialize_statistics(std::vector<std::uint8_t>& data, std::vector<std::uint64_t>& begin) const {
+		const std::size_t n_edges = _u.size();
+		begin.resize(n_edges + 1);
+		begin[0] = 0;
+		for (EdgeId e = 0; e < n_edges; e++) begin[e + 1] = begin[e] + _statistic.serialized_size(e);
+		data.resize(begin[n_edges]);
+		for (EdgeId e = 0; e < n_edges; e++) _statistic.serialize(e, data.data() + begin[e]);
+	}
+
+	// Marks the edges between the fragments a[i] and b[i] (either order) to be
+	// merged first; pairs that are no edge are ignored.
+	void force_pairs(const std::uint64_t* a, const std::uint64_t* b, std::size_t n) {
+		const std::size_t n_edges = _u.size();
+		for (std::size_t i = 0; i < n; i++) {
+			const std::uint64_t u = std::min(a[i], b[i]), v = std::max(a[i], b[i]);
+			// the edges are sorted by (u, v)
+			std::size_t low = 0, high = n_edges;
+			while (low < high) {
+				const std::size_t mid = low + (high - low) / 2;
+				if (_u[mid] < u || (_u[mid] == u && _v[mid] < v))
+					low = mid + 1;
+				else
+					high = mid;
+			}
+			if (low < n_edges && _u[low] == u && _v[low] == v) _flags[low] |= kForced;
+		}
+	}
+
+	// Marks the edges e with forced[e] != 0 to be merged first.
+	void force_edges(const std::uint8_t* forced) {
+		for (std::size_t e = 0; e < _u.size(); e++)
+			if (forced[e]) _flags[e] |= kForced;
+	}
+
+	// Merges until the cheapest edge scores >= threshold. Forced edges go
+	// first: they enter the queue with the score -inf (so they pop before
+	// all others, in edge order) and are contracted like any other edge
+	// (parallel edges combined, the survivors marked stale), also when
+	// stale; their merges are reported with the merge score 0 and do not
+	// enter the running maximum.
 	void merge_until(float threshold, MergeResult& result) {
 		const std::size_t n_edges = _u.size();
 		result.merge_score.assign(n_edges, std::numeric_limits<float>::quiet_NaN());
@@ -668,6 +999,9 @@ public:
 		for (EdgeId e = 0; e < n_edges; e++) {
 			_score[e] = one_minus(_statistic.value(e));
 			result.score[e] = _score[e];
+			// the score also decides which of two parallel edges survives:
+			// a forced one always does, and stays forced
+			if (_flags[e] & kForced) _score[e] = kForcedScore;
 		}
 
 		// pushed one by one in edge order, as waterz's scoreEdge does: the heap
@@ -693,7 +1027,7 @@ public:
 
 			if (_flags[next] & kGone) continue;
 
-			if (_flags[next] & kStale) {
+			if ((_flags[next] & (kStale | kForced)) == kStale) {
 				float new_score = one_minus(_statistic.value(next));
 				_score[next] = new_score;
 				queue.push({next, new_score});
@@ -703,8 +1037,10 @@ public:
 
 			merge_regions(next);
 			n_merges++;
+			// forced merges pop first, while the running maximum is -inf
+			const float merge_score = running_max == kForcedScore ? 0.0f : running_max;
 			for (EdgeId o = _absorbed_head[next]; o != kNoEdge; o = _absorbed_next[o])
-				result.merge_score[o] = running_max;
+				result.merge_score[o] = merge_score;
 		}
 
 		result.n_merges = n_merges;
@@ -715,6 +1051,7 @@ public:
 private:
 	static constexpr std::uint8_t kStale = 1;
 	static constexpr std::uint8_t kGone = 2;  // deleted, or merged (contracted)
+	static constexpr std::uint8_t kForced = 4;
 
 	void extract_region_graph(const float* affs, const std::uint64_t* fragments, std::size_t depth,
 	                          std::size_t height, std::size_t width) {
@@ -812,6 +1149,13 @@ private:
 		_statistic.permute(order);
 		std::vector<FoundEdge>().swap(found);
 		std::vector<EdgeId>().swap(order);
+		index_edges(n_nodes);
+	}
+
+	// Sets up the merging state of the edges in _u, _v, _end_a, _end_b
+	// (n_nodes slots); the slot numbering does not enter the result.
+	void index_edges(std::size_t n_nodes) {
+		const std::size_t n_edges = _u.size();
 
 		// a region's label is the smallest fragment id in it
 		_label.resize(n_nodes);
@@ -947,39 +1291,61 @@ private:
 	SlotPairMap _edge_of{0};
 };
 
-template <typename Statistic>
-void run(const float* affs, const std::uint64_t* fragments, std::size_t depth, std::size_t height,
-         std::size_t width, float threshold, Statistic statistic, MergeResult& result) {
-	RegionMerging<Statistic> merging(affs, fragments, depth, height, width, std::move(statistic));
-	merging.merge_until(threshold, result);
-}
-
-// Builds the region graph of `fragments` (z, y, x; 0 is background) with the
-// statistics of `affs` (3, z, y, x; channel d at p: affinity of p and p - e_d)
-// and merges regions until the next edge's score is >= threshold.
-inline void merge_regions(const float* affs, const std::uint64_t* fragments, std::size_t depth,
-                          std::size_t height, std::size_t width, float threshold, int kind, int quantile,
-                          int k, bool init_with_max, MergeResult& result) {
+// Calls f(statistic) with a fresh statistic of the scoring kind.
+template <typename F>
+void with_statistic(int kind, int quantile, int k, bool init_with_max, F&& f) {
 	if ((kind == kQuantile || kind == kHistogramQuantile) && (quantile < 0 || quantile > 100))
 		throw std::invalid_argument("quantile must be in 0..100");
 	switch (kind) {
 		case kMean:
-			run(affs, fragments, depth, height, width, threshold, MeanStatistic(), result);
+			f(MeanStatistic());
 			break;
 		case kHistogramQuantile:
-			run(affs, fragments, depth, height, width, threshold, HistogramQuantileStatistic(quantile, init_with_max),
-			    result);
+			f(HistogramQuantileStatistic(quantile, init_with_max));
 			break;
 		case kQuantile:
-			run(affs, fragments, depth, height, width, threshold, QuantileStatistic(quantile, init_with_max), result);
+			f(QuantileStatistic(quantile, init_with_max));
 			break;
 		case kMeanMaxK:
 			if (k < 1 || k > kMaxK) throw std::invalid_argument("k must be in 1..64");
-			run(affs, fragments, depth, height, width, threshold, MeanMaxKStatistic(k), result);
+			f(MeanMaxKStatistic(k));
 			break;
 		default:
 			throw std::invalid_argument("unknown scoring kind");
 	}
+}
+
+// Builds the region graph of `fragments` (z, y, x; 0 is background) with the
+// statistics of `affs` (3, z, y, x; channel d at p: affinity of p and p - e_d)
+// and merges regions until the next edge's score is >= threshold, the edges
+// between the fragments forced_u[i] and forced_v[i] (if they are edges) first.
+// With `with_statistics`, result.statistics holds the initial statistics.
+inline void merge_regions(const float* affs, const std::uint64_t* fragments, std::size_t depth,
+                          std::size_t height, std::size_t width, float threshold, int kind, int quantile,
+                          int k, bool init_with_max, const std::uint64_t* forced_u, const std::uint64_t* forced_v,
+                          std::size_t n_forced, bool with_statistics, MergeResult& result) {
+	with_statistic(kind, quantile, k, init_with_max, [&](auto statistic) {
+		RegionMerging<decltype(statistic)> merging(affs, fragments, depth, height, width, std::move(statistic));
+		if (with_statistics) merging.serialize_statistics(result.statistics, result.statistics_begin);
+		merging.force_pairs(forced_u, forced_v, n_forced);
+		merging.merge_until(threshold, result);
+	});
+}
+
+// Merges the region graph of the edges (u[e], v[e]) (sorted by (u, v),
+// unique, 0 < u < v) exactly as merge_regions() merges that of a volume,
+// with the statistics of the blobs (see "serialization"), the edges with
+// forced[e] != 0 first (forced may be null).
+inline void merge_graph(const std::uint64_t* u, const std::uint64_t* v, std::size_t n_edges,
+                        const StatisticBlobs& blobs, const std::uint8_t* forced, float threshold, int kind,
+                        int quantile, int k, bool init_with_max, MergeResult& result) {
+	if (blobs.n_edges != n_edges) throw std::invalid_argument("one statistics blob per edge is needed");
+	with_statistic(kind, quantile, k, init_with_max, [&](auto statistic) {
+		statistic.load(blobs);
+		RegionMerging<decltype(statistic)> merging(u, v, n_edges, std::move(statistic));
+		if (forced != nullptr) merging.force_edges(forced);
+		merging.merge_until(threshold, result);
+	});
 }
 
 // Labels the partition of `fragments` (n voxels) in which the edges (u, v)

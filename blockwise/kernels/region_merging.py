@@ -13,12 +13,51 @@ with the same scoring function and ``discretize_queue=0``.
 Instead of one segmentation per threshold, :func:`merge_regions` returns the
 region graph with a merge score per edge, so that any threshold up to the one
 merged to can be cut later, e.g. per block, without merging again.
+
+Two additions serve block-wise processing:
+
+* Forced edges: fragments that are halves of one basin cut by a block face
+  are merged first, before any scored merge (``forced_pairs`` of
+  :func:`merge_regions`, ``forced`` of :func:`merge_graph`).
+* Statistics: :func:`merge_regions` can return each edge's initial statistic
+  (the state the scoring keeps for the edge's own faces) as bytes, and
+  :func:`merge_graph` merges a region graph given by its edges and those
+  statistics, without a volume, by the same algorithm: on the graph of a
+  volume with its statistics it gives bitwise the same result as
+  :func:`merge_regions` on the volume. A block sees all faces of an edge if
+  its read ROI (write ROI plus one voxel) contains one of the edge's two
+  fragments, and then computes the same statistic as a scan of the whole
+  volume, since restricting the scan to a box keeps the order of the faces
+  inside it; the edges of all blocks, each with its statistic, can then be
+  merged globally by :func:`merge_graph`.
+
+Statistic blobs (little-endian; format version 1). Byte 0 is the tag
+``(1 << 4) | (init_with_max << 3) | kind`` with kind 0 ``"mean"``, 1
+``"histogram_quantile"``, 2 ``"quantile"``, 3 ``"mean_max_k"`` (the
+``init_with_max`` bit only for the two quantile kinds: 0x10, 0x11 or 0x19,
+0x12 or 0x1A, 0x13); then:
+
+* ``"mean"`` (13 bytes): float32 running mean (as the kernel computes it, in
+  scan order), uint64 number of faces.
+* ``"histogram_quantile"`` (1 + 5 n bytes): the n >= 1 non-empty bins of the
+  256-bin histogram in increasing order, each uint8 bin index, uint32 count.
+  With ``init_with_max``: one bin (of the largest affinity), count 1.
+* ``"quantile"`` (1 + 4 n bytes): the n >= 1 float32 face affinities in scan
+  order (z, y, x, then channel). With ``init_with_max``: one, the largest.
+* ``"mean_max_k"`` (1 + 4 k bytes): the k largest float32 face affinities,
+  descending, padded with the lowest float32 (-3.4028235e38) if the edge has
+  fewer than k faces.
+
+All floats are finite. The quantile is not part of the state, so one blob
+serves every quantile; the kind, ``init_with_max`` and ``k`` are, and a blob
+that does not fit the scoring is rejected.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +73,7 @@ __all__ = [
     "RegionMergingInputError",
     "Scoring",
     "ScoringKind",
+    "merge_graph",
     "merge_regions",
     "segment",
 ]
@@ -104,8 +144,14 @@ class RegionGraph:
             the running maximum of the scores popped off the queue up to that
             merge, so the partition ``union of all edges with merge_score < t``
             is waterz's ``mergeUntil(t)`` for every ``t`` up to the threshold;
-            always NaN or below the threshold.
-        n_merges: number of region merges done (edge contractions).
+            always NaN or below the threshold. Edges joined by forced merges
+            (see :func:`merge_regions`) get 0.0 (they are in every cut at a
+            threshold > 0) and do not count in the running maximum.
+        n_merges: number of region merges done (edge contractions), forced
+            ones included.
+        statistics: per edge, the serialized statistic of the edge's own
+            faces before any merge (format in the module docstring), if
+            asked for; None otherwise.
     """
 
     u: NDArray[np.uint64]
@@ -113,6 +159,7 @@ class RegionGraph:
     score: NDArray[np.float32]
     merge_score: NDArray[np.float32]
     n_merges: int
+    statistics: tuple[bytes, ...] | None = None
 
 
 def merge_regions(
@@ -120,6 +167,9 @@ def merge_regions(
     fragments: NDArray[np.uint64],
     threshold: float,
     scoring: Scoring = Scoring(),
+    *,
+    forced_pairs: tuple[NDArray[np.uint64], NDArray[np.uint64]] | None = None,
+    with_statistics: bool = False,
 ) -> RegionGraph:
     """Merge fragments along their cheapest edges until the next edge scores >= ``threshold``.
 
@@ -131,20 +181,42 @@ def merge_regions(
         threshold: score (in the units of ``1 - affinity``) at which merging
             stops; compared in float32, as waterz does.
         scoring: the edge scoring function.
+        forced_pairs: ``(a, b)``, two equally long 1D integer arrays of
+            fragment ids: the edge between ``a[i]`` and ``b[i]`` (either order)
+            is merged before any scored merge, whatever its score. Forced
+            edges enter the queue with the score -inf and pop in edge order;
+            each is contracted like any merge (its regions' parallel edges
+            combined, the survivors marked stale), so that the halves of a
+            basin cut by a block face end up as if they had been one
+            fragment, except that the statistic of a combined edge comes from
+            the edge-merge formula (exact for the histogram, rounded
+            differently than one scan for the float mean; with
+            ``init_with_max`` each half contributes its own maximum). A pair
+            that is no edge of the region graph (the fragments do not touch,
+            an id is absent or 0, or ``a[i] == b[i]``) is ignored. None or
+            empty: no forced edges, the result is waterz's.
+        with_statistics: whether to return each edge's initial statistic in
+            ``statistics`` (for :func:`merge_graph`).
 
     Returns:
-        The region graph with each edge's initial score and merge score.
+        The region graph with each edge's initial score and merge score. A
+        forced edge keeps its real initial ``score``; the edges merged by the
+        forced merges get the ``merge_score`` 0.0, and they do not raise the
+        running maximum of later merge scores.
 
     Raises:
         RegionMergingInputError: (a ValueError) if the shapes or dtypes are not
             as documented, an affinity is not finite or outside [0, 1], the
-            threshold is not finite, or the scoring parameters are out of range.
+            threshold is not finite, the scoring parameters are out of range,
+            or ``forced_pairs`` is not two equally long 1D arrays of
+            non-negative integers.
         OverflowError: if the region graph has 2**32 - 1 edges or more (the
             kernel numbers edges with 32 bits); split the volume into blocks.
     """
     _check_volumes(affs, fragments)
     _check_scoring(scoring)
     threshold_f32 = _check_threshold(threshold)
+    forced_u, forced_v = _check_forced_pairs(forced_pairs)
 
     # both arrays are only read by the kernel; no copy if already C-contiguous
     affs_c = np.ascontiguousarray(affs)
@@ -157,7 +229,7 @@ def merge_regions(
         threshold_f32,
         scoring,
     )
-    u, v, score, merge_score, n_merges = _region_merging.merge_regions(
+    u, v, score, merge_score, n_merges, statistics = _region_merging.merge_regions(
         affs_c,
         fragments_c,
         float(threshold_f32),
@@ -165,9 +237,149 @@ def merge_regions(
         int(scoring.quantile),
         int(scoring.k),
         bool(scoring.init_with_max),
+        forced_u,
+        forced_v,
+        bool(with_statistics),
     )
     logger.debug("region graph of %d edges, %d merges", u.size, n_merges)
-    return RegionGraph(u=u, v=v, score=score, merge_score=merge_score, n_merges=int(n_merges))
+    return RegionGraph(
+        u=u,
+        v=v,
+        score=score,
+        merge_score=merge_score,
+        n_merges=int(n_merges),
+        statistics=statistics,
+    )
+
+
+def merge_graph(
+    u: NDArray[np.uint64],
+    v: NDArray[np.uint64],
+    statistics: Sequence[bytes],
+    threshold: float,
+    scoring: Scoring = Scoring(),
+    *,
+    forced: NDArray[np.bool_] | None = None,
+) -> RegionGraph:
+    """Merge a region graph given by its edges and their statistics, as :func:`merge_regions`.
+
+    The edges are numbered in sorted ``(u, v)`` order, as a scan of a volume
+    numbers them, and each starts with the statistic of its blob, so on the
+    graph and statistics of ``merge_regions(..., with_statistics=True)`` this
+    returns bitwise the same ``u``, ``v``, ``score`` and ``merge_score``; the
+    edges of several blocks, each with the statistic of a block that saw all
+    its faces, merge as the whole volume would.
+
+    Args:
+        u: smaller fragment id of each edge, > 0 (any integer dtype).
+        v: larger fragment id of each edge (``u < v``); the pairs must be
+            unique, in any order.
+        statistics: per edge, its initial statistic as
+            :attr:`RegionGraph.statistics` holds it (format in the module
+            docstring), made with this scoring's kind, ``init_with_max`` and
+            ``k``.
+        threshold: score at which merging stops, as for :func:`merge_regions`.
+        scoring: the edge scoring function.
+        forced: per edge, whether it is merged before all scored merges, as
+            ``forced_pairs`` of :func:`merge_regions`.
+
+    Returns:
+        The merged region graph, edges sorted by ``(u, v)`` (``forced`` and
+        ``statistics`` are taken in the order given), with ``statistics``
+        None.
+
+    Raises:
+        RegionMergingInputError: (a ValueError) if ``u``, ``v``, ``statistics``
+            and ``forced`` differ in length, an id is not a positive integer,
+            ``u >= v`` or a pair repeats, a statistic is not bytes or does not
+            fit the scoring (wrong kind, size, format version, or
+            ``init_with_max``/``k``), the threshold is not finite, or the
+            scoring parameters are out of range.
+        OverflowError: if the graph has 2**32 - 1 edges or nodes or more.
+    """
+    _check_scoring(scoring)
+    threshold_f32 = _check_threshold(threshold)
+    u_c = _check_ids("u", u)
+    v_c = _check_ids("v", v)
+    n_edges = u_c.size
+    if v_c.size != n_edges:
+        raise RegionMergingInputError(
+            f"u and v must have one entry per edge, received {n_edges} and {v_c.size}"
+        )
+    if isinstance(statistics, bytes | str) or not isinstance(statistics, Sequence):
+        raise RegionMergingInputError(
+            f"statistics must be a sequence of bytes (one per edge), "
+            f"received {type(statistics).__name__}"
+        )
+    if len(statistics) != n_edges:
+        raise RegionMergingInputError(
+            f"statistics must hold one blob per edge ({n_edges}), received {len(statistics)}"
+        )
+    forced_c = None
+    if forced is not None:
+        _check_array("forced", forced, np.dtype(np.bool_), ndim=1)
+        if forced.size != n_edges:
+            raise RegionMergingInputError(
+                f"forced must hold one entry per edge ({n_edges}), received {forced.size}"
+            )
+        forced_c = forced
+    if np.any(u_c >= v_c):
+        i = int(np.flatnonzero(u_c >= v_c)[0])
+        raise RegionMergingInputError(
+            f"edges must have u < v, received u[{i}] = {u_c[i]} and v[{i}] = {v_c[i]}"
+        )
+
+    order = np.lexsort((v_c, u_c))
+    u_sorted = u_c[order]
+    v_sorted = v_c[order]
+    repeated = (u_sorted[1:] == u_sorted[:-1]) & (v_sorted[1:] == v_sorted[:-1])
+    if np.any(repeated):
+        j = int(np.flatnonzero(repeated)[0])
+        first, second = sorted((int(order[j]), int(order[j + 1])))
+        raise RegionMergingInputError(
+            f"edges must be unique, but edges {first} and {second} are both "
+            f"({u_sorted[j]}, {v_sorted[j]})"
+        )
+
+    lengths = np.fromiter(map(_blob_length, statistics), dtype=np.uint64, count=n_edges)
+    begin = np.zeros(n_edges + 1, dtype=np.uint64)
+    np.cumsum(lengths, out=begin[1:])
+    try:
+        data = np.frombuffer(b"".join(statistics), dtype=np.uint8)
+    except TypeError as e:
+        raise RegionMergingInputError(
+            f"statistics must hold bytes, one blob per edge, as RegionGraph.statistics: {e}"
+        ) from e
+    if data.size != int(begin[-1]):
+        raise RegionMergingInputError(
+            "statistics must hold bytes (or byte buffers), one blob per edge, as "
+            "RegionGraph.statistics"
+        )
+
+    logger.debug(
+        "merging a region graph of %d edges until %s with %s", n_edges, threshold_f32, scoring
+    )
+    try:
+        u_out, v_out, score, merge_score, n_merges = _region_merging.merge_graph(
+            u_sorted,
+            v_sorted,
+            data,
+            begin,
+            order.astype(np.uint64),
+            None if forced_c is None else forced_c[order].view(np.uint8),
+            float(threshold_f32),
+            scoring.kind,
+            int(scoring.quantile),
+            int(scoring.k),
+            bool(scoring.init_with_max),
+        )
+    except ValueError as e:
+        # the kernel checks the blobs' content: a bad statistic
+        raise RegionMergingInputError(f"{e} (scoring {scoring})") from e
+    logger.debug("merged region graph: %d merges", n_merges)
+    return RegionGraph(
+        u=u_out, v=v_out, score=score, merge_score=merge_score, n_merges=int(n_merges)
+    )
 
 
 def segment(
@@ -205,6 +417,71 @@ def segment(
         float(threshold_f32),
     )
     return flat.reshape(fragments.shape)
+
+
+def _blob_length(blob: object) -> int:
+    # a memoryview's len() counts items, not bytes; join() takes its bytes
+    if isinstance(blob, memoryview):
+        return blob.nbytes
+    if not isinstance(blob, bytes | bytearray):
+        raise RegionMergingInputError(
+            f"statistics must hold bytes, one blob per edge, received a {type(blob).__name__}"
+        )
+    return len(blob)
+
+
+def _check_ids(name: str, ids: object) -> NDArray[np.uint64]:
+    """1D positive integer fragment ids, as C-contiguous uint64."""
+    if not isinstance(ids, np.ndarray):
+        raise RegionMergingInputError(
+            f"{name} must be a numpy array, received {type(ids).__name__}"
+        )
+    if ids.ndim != 1 or ids.dtype.kind not in "ui":
+        raise RegionMergingInputError(
+            f"{name} must be a 1D integer array of fragment ids, received "
+            f"{ids.ndim}D {ids.dtype} with shape {ids.shape}"
+        )
+    if ids.size > 0 and ids.dtype.kind == "i" and ids.min() <= 0:
+        raise RegionMergingInputError(f"{name} must hold fragment ids > 0, received {ids.min()}")
+    if ids.size > 0 and ids.dtype.kind == "u" and ids.min() == 0:
+        raise RegionMergingInputError(f"{name} must hold fragment ids > 0, received 0")
+    return np.ascontiguousarray(ids, dtype=np.uint64)
+
+
+def _check_forced_pairs(
+    forced_pairs: object,
+) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    """The two id arrays of ``forced_pairs`` (empty for None), as C-contiguous uint64."""
+    if forced_pairs is None:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, empty
+    if not isinstance(forced_pairs, tuple | list) or len(forced_pairs) != 2:
+        raise RegionMergingInputError(
+            "forced_pairs must be a pair (a, b) of 1D integer arrays of fragment ids, "
+            f"received {type(forced_pairs).__name__}"
+        )
+    arrays = []
+    for name, ids in zip(("forced_pairs[0]", "forced_pairs[1]"), forced_pairs, strict=True):
+        if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype.kind not in "ui":
+            raise RegionMergingInputError(
+                f"{name} must be a 1D integer numpy array of fragment ids, received "
+                + (
+                    f"{ids.ndim}D {ids.dtype}"
+                    if isinstance(ids, np.ndarray)
+                    else type(ids).__name__
+                )
+            )
+        if ids.size > 0 and ids.dtype.kind == "i" and ids.min() < 0:
+            raise RegionMergingInputError(
+                f"{name} must hold fragment ids >= 0, received {ids.min()}"
+            )
+        arrays.append(np.ascontiguousarray(ids, dtype=np.uint64))
+    if arrays[0].size != arrays[1].size:
+        raise RegionMergingInputError(
+            f"forced_pairs must be two arrays of the same length, received "
+            f"{arrays[0].size} and {arrays[1].size}"
+        )
+    return arrays[0], arrays[1]
 
 
 def _check_array(name: str, array: object, dtype: np.dtype, ndim: int) -> None:
