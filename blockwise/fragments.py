@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from blockwise.kernels.distance import distance_transform
 from blockwise.kernels.relabel import first_occurrences, relabel
 from blockwise.kernels.watershed import seeded_watershed
 
@@ -40,7 +41,8 @@ def fragments_from_affinities(
     1. ``m``: the mean affinity over channels; interior = ``m > boundary_threshold``
        inside ``mask``.
     2. ``dt``: the distance (nm) from every interior voxel to the nearest
-       non-interior voxel (``scipy.ndimage.distance_transform_edt`` with
+       non-interior voxel (the exact Euclidean
+       :func:`~blockwise.kernels.distance.distance_transform`, float32, with
        ``sampling=voxel_size``; per z-section with the (y, x) sampling if
        ``seeds_per_section``). A volume or section without any non-interior voxel
        has no boundary to measure from: all its voxels get the same depth (its
@@ -142,27 +144,28 @@ def fragments_from_affinities(
 
 def _boundary_distance_nm(
     interior: NDArray[np.bool_], voxel_nm: tuple[float, ...], per_section: bool
-) -> NDArray[np.float64]:
+) -> NDArray[np.float32]:
     """Distance (nm) from each interior voxel to the nearest non-interior voxel."""
     if not per_section:
         return _distance_nm(interior, voxel_nm)
-    depth_nm = np.empty(interior.shape, dtype=np.float64)
+    depth_nm = np.empty(interior.shape, dtype=np.float32)
     for z in range(interior.shape[0]):
         depth_nm[z] = _distance_nm(interior[z], voxel_nm[1:])
     return depth_nm
 
 
-def _distance_nm(interior: NDArray[np.bool_], voxel_nm: tuple[float, ...]) -> NDArray[np.float64]:
+def _distance_nm(interior: NDArray[np.bool_], voxel_nm: tuple[float, ...]) -> NDArray[np.float32]:
     if interior.all():
-        # nothing to measure from (scipy would measure to a point outside the
-        # array); every voxel is as deep as the region can hold
+        # nothing to measure from (distance_transform, like scipy, would measure
+        # to the index (-1, 0, ...) outside the array); every voxel is as deep as
+        # the region can hold
         diagonal_nm = math.hypot(*(n * s for n, s in zip(interior.shape, voxel_nm, strict=True)))
-        return np.full(interior.shape, diagonal_nm, dtype=np.float64)
-    return ndimage.distance_transform_edt(interior, sampling=voxel_nm)
+        return np.full(interior.shape, diagonal_nm, dtype=np.float32)
+    return distance_transform(interior, sampling=voxel_nm)
 
 
 def _find_seeds(
-    depth_nm: NDArray[np.float64],
+    depth_nm: NDArray[np.float32],
     voxel_nm: tuple[float, ...],
     min_seed_distance_nm: float,
     per_section: bool,
