@@ -20,7 +20,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers is not None:
         execution = config.execution.model_copy(update={"num_workers": args.workers})
         config = config.model_copy(update={"execution": execution})
-    result = run(config, multiprocessing=not args.in_process, progress=not args.no_progress)
+    result = run(
+        config,
+        multiprocessing=not args.in_process,
+        progress=not args.no_progress,
+        adopt_store=args.adopt_store,
+    )
     sys.stdout.write(result.summary() + "\n")
     report = config.run_dir / "evaluation.json"
     if report.exists() and any(s.name == "evaluate" and s.done for s in result.stages):
@@ -34,6 +39,13 @@ def _plan(args: argparse.Namespace) -> int:
     from blockwise.plan import describe_plan
 
     sys.stdout.write(describe_plan(load_config(args.config)) + "\n")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from blockwise.status import describe_status
+
+    sys.stdout.write(describe_status(load_config(args.config)) + "\n")
     return 0
 
 
@@ -59,11 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="override execution.num_workers")
     run.add_argument("--in-process", action="store_true", help="no worker processes (debugging)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--adopt-store",
+        action="store_true",
+        help="accept a graph store that another run (another name) wrote",
+    )
     run.set_defaults(func=_run)
 
     plan = verbs.add_parser("plan", help="dry run: blocks, ids, alignment and memory per block")
     plan.add_argument("config")
     plan.set_defaults(func=_plan)
+
+    status = verbs.add_parser("status", help="blocks done per stage, nodes and edges in the store")
+    status.add_argument("config")
+    status.set_defaults(func=_status)
 
     synth = verbs.add_parser(
         "synth-affinities",

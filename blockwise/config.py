@@ -143,8 +143,16 @@ class AgglomerateConfig(Model):
 
 
 class SegmentsConfig(Model):
-    """Global stitching: one lookup table per threshold."""
+    """Global stitching: one lookup table per threshold.
 
+    ``method: global`` merges the whole region graph once more from the edge
+    statistics the blocks stored (memory O(edges)), which makes the block-wise
+    result match a whole-volume run; ``method: blockwise`` keeps each block's
+    own merge decisions and only streams them through a union-find (memory
+    O(fragments)), for graphs too large for one node.
+    """
+
+    method: Literal["global", "blockwise"] = "global"
     thresholds: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [0.3, 0.5, 0.6, 0.7]
     edges_per_chunk: int = Field(default=1_000_000, gt=0)
 
@@ -177,6 +185,15 @@ class StoreConfig(Model):
     """
 
     uri: str | None = None
+    retry_attempts: int = Field(
+        default=5, ge=1, description="tries per store operation before a block fails (MongoDB)"
+    )
+    retry_first_backoff_s: float = Field(
+        default=1.0, ge=0.0, description="wait after the first failed try; doubles per try"
+    )
+    server_timeout_s: float = Field(
+        default=3.0, gt=0.0, description="how long one try waits for the server (MongoDB)"
+    )
 
 
 class ExecutionConfig(Model):

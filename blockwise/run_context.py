@@ -215,7 +215,13 @@ class RunContext:
     @cached_property
     def store(self) -> GraphStore:
         """The graph store, opened on first use."""
-        return open_store(self.config.store_uri)
+        cfg = self.config.store
+        return open_store(
+            self.config.store_uri,
+            cfg.retry_attempts,
+            cfg.retry_first_backoff_s,
+            cfg.server_timeout_s,
+        )
 
     def close(self) -> None:
         """Close the graph store if it was opened."""

@@ -23,12 +23,13 @@ from blockwise.geometry import voxels
 from blockwise.progress import StageProgress, StageSummary, format_summary
 from blockwise.run_context import RunContext
 from blockwise.stages.evaluate import evaluation_roi
-from blockwise.tasks import build_pipeline
+from blockwise.tasks import STAGE_SECTIONS, build_pipeline
 
 logger = logging.getLogger(__name__)
 
 RESOLVED_CONFIG = "config.yaml"
 RUN_NAME_KEY = "run_name"
+CONFIG_HASH_KEY = "config_hash"
 
 
 @dataclass
@@ -77,14 +78,43 @@ def validate(config: RunConfig) -> RunContext:
     return ctx
 
 
-def prepare(config: RunConfig) -> tuple[RunContext, Path]:
+def claim_store(ctx: RunContext, adopt: bool = False) -> None:
+    """Record this run's name and config hash in the store, refusing another run's store.
+
+    Raises:
+        StoreError: if the store was written by a run of another name and
+            ``adopt`` is False.
+    """
+    config = ctx.config
+    store = ctx.store
+    owner = store.get_meta(RUN_NAME_KEY)
+    written_by = store.get_meta(CONFIG_HASH_KEY)
+    config_hash = config.stage_hash(*STAGE_SECTIONS["evaluate"])
+    if owner is not None and owner != config.name and not adopt:
+        raise StoreError(
+            f"graph store {store.uri} holds the graph of run {owner!r} (config hash "
+            f"{written_by}), not of {config.name!r}; use another store URI or run "
+            "directory, or pass --adopt-store to take it over"
+        )
+    if written_by is not None and written_by != config_hash:
+        logger.info(
+            "the config changed since the store was written (%s -> %s): stages whose "
+            "parameters changed run again",
+            written_by,
+            config_hash,
+        )
+    store.set_meta(RUN_NAME_KEY, config.name)
+    store.set_meta(CONFIG_HASH_KEY, config_hash)
+
+
+def prepare(config: RunConfig, adopt_store: bool = False) -> tuple[RunContext, Path]:
     """Validate, then create the run directory, outputs and store.
 
     Returns:
         the run context and the path of the resolved config workers read.
 
     Raises:
-        StoreError: if the store holds another run's graph.
+        StoreError: if the store holds another run's graph (see :func:`claim_store`).
     """
     ctx = validate(config)
     config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,13 +123,7 @@ def prepare(config: RunConfig) -> tuple[RunContext, Path]:
     _ = ctx.fragments
     for threshold in config.segments.thresholds:
         ctx.segmentation(threshold)
-    owner = ctx.store.get_meta(RUN_NAME_KEY)
-    if owner is not None and owner != config.name:
-        raise StoreError(
-            f"graph store {ctx.store.uri} holds the graph of run {owner!r}, not {config.name!r}; "
-            "use another store URI or run directory"
-        )
-    ctx.store.set_meta(RUN_NAME_KEY, config.name)
+    claim_store(ctx, adopt_store)
     ctx.close()
     failures.clear_all(config.run_dir)
     return ctx, config_path
@@ -111,7 +135,12 @@ def _stage_voxels(ctx: RunContext, name: str) -> float:
     return voxels(ctx.data_roi, ctx.voxel_size) / 1e6
 
 
-def run(config: RunConfig, multiprocessing: bool = True, progress: bool = True) -> RunResult:
+def run(
+    config: RunConfig,
+    multiprocessing: bool = True,
+    progress: bool = True,
+    adopt_store: bool = False,
+) -> RunResult:
     """Run every stage of ``config`` to completion (or failure).
 
     Args:
@@ -119,9 +148,10 @@ def run(config: RunConfig, multiprocessing: bool = True, progress: bool = True) 
         multiprocessing: run blocks in ``execution.num_workers`` worker processes;
             False runs them one by one in this process.
         progress: draw per-stage progress bars.
+        adopt_store: accept a graph store written by a run of another name.
     """
     start = time.monotonic()
-    ctx, config_path = prepare(config)
+    ctx, config_path = prepare(config, adopt_store)
     daisy_logging.set_log_basedir(str(config.run_dir / "logs"))
     pipeline, names = build_pipeline(ctx, config_path, multiprocessing)
     observer = StageProgress(names, enabled=progress)

@@ -19,6 +19,9 @@ from numpy.typing import NDArray
 
 # a fragment is "covered" by the basin holding more than this share of its voxels
 MIN_COVERAGE = 0.5
+# the merge score stored for the halves of a cut basin: below every threshold,
+# and distinguishable from a scored merge (scores are never negative)
+CUT_MERGE_SCORE = -1.0
 
 
 def _dominant(
@@ -88,3 +91,19 @@ def cut_pairs(
     dv = dominant[np.searchsorted(ids, v)]
     same = (du == dv) & (du != 0)
     return u[same], v[same]
+
+
+def is_pair(
+    u: NDArray[np.uint64],
+    v: NDArray[np.uint64],
+    pairs: tuple[NDArray[np.uint64], NDArray[np.uint64]],
+) -> NDArray[np.bool_]:
+    """For each edge (u, v), u < v, whether it is one of ``pairs`` (also u < v)."""
+    pu, pv = pairs
+    if len(pu) == 0 or len(u) == 0:
+        return np.zeros(len(u), dtype=bool)
+    ids = np.unique(np.concatenate([u, v, pu, pv]))
+    n = len(ids)
+    keys = np.searchsorted(ids, u) * n + np.searchsorted(ids, v)
+    wanted = np.searchsorted(ids, pu) * n + np.searchsorted(ids, pv)
+    return np.isin(keys, wanted)

@@ -48,7 +48,7 @@ def fib25_config(run_dir: Path, block: list[int], chunk: list[int], context: int
 @pytest.mark.slow
 def test_blockwise_64_within_0_1_voi_of_whole_volume(tmp_path: Path, record_property: Any) -> None:
     whole_cfg = fib25_config(tmp_path / "whole", [125, 250, 250], [25, 50, 50], 0)
-    parts_cfg = fib25_config(tmp_path / "parts", [64, 64, 64], [32, 32, 32], 8)
+    parts_cfg = fib25_config(tmp_path / "parts", [64, 64, 64], [32, 32, 32], 16)
     whole = run(whole_cfg, multiprocessing=False, progress=False)
     assert whole.ok, whole.summary()
     assert whole.stages[0].total == 1
@@ -68,6 +68,7 @@ def test_blockwise_64_within_0_1_voi_of_whole_volume(tmp_path: Path, record_prop
     whole_ctx.close()
     parts_ctx.close()
     record_property("voi_blockwise_vs_whole", differences)
+    # measured: 0.084 / 0.016 / 0.022 / 0.077 at 0.3 / 0.5 / 0.6 / 0.7
     print("VOI(sum) between 64^3 block-wise and whole-volume segmentations:", differences)
     assert max(differences.values()) <= 0.1, differences
 

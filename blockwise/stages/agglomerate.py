@@ -6,7 +6,7 @@ re-joins basins that block faces cut into several fragments
 of score up to ``merge_until``, and writes the edges (u, v), u < v, whose
 fragment u belongs to this block (fragment ids encode their block), with
 their initial score and the score at which u and v were merged (NaN if they
-never were; 0 for the halves of a cut basin).
+never were; -1 for the halves of a cut basin, which merge unconditionally).
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from funlib.geometry import Roi
 
 from blockwise.fragments import fragments_from_affinities
 from blockwise.kernels.region_merging import Scoring, merge_regions
-from blockwise.kernels.relabel import relabel
-from blockwise.kernels.union_find import UnionFind
 from blockwise.run_context import RunContext
-from blockwise.stitching import cut_pairs
+from blockwise.stitching import CUT_MERGE_SCORE, cut_pairs, is_pair
 from blockwise.store import EdgeTable
 
 logger = logging.getLogger(__name__)
@@ -35,16 +33,10 @@ def scoring(ctx: RunContext) -> Scoring:
     return Scoring(kind=s.kind, quantile=s.quantile, k=s.k, init_with_max=s.init_with_max)
 
 
-def join_cut_basins(
+def cut_basins(
     ctx: RunContext, fragments: np.ndarray, affs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fragments with every cut basin relabelled to one id (its smallest fragment id).
-
-    Returns:
-        the relabelled fragments, the sorted fragment ids, and each one's representative.
-    """
-    ids = np.unique(fragments)
-    ids = ids[ids != 0]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (u, v) of fragments from different blocks that are one basin cut by a face."""
     params = ctx.config.extract_fragments
     vs = ctx.voxel_size
     basins, _ = fragments_from_affinities(
@@ -56,42 +48,35 @@ def join_cut_basins(
         min_fragment_size_vx=params.min_fragment_size_vx,
         mask=fragments != 0,
     )
-    u, v = cut_pairs(fragments, basins, ctx.grid.block_of_id)
-    union_find = UnionFind(len(ids))
-    union_find.union(np.searchsorted(ids, u), np.searchsorted(ids, v))
-    representative = ids[union_find.components()]
-    if len(u) == 0:
-        return fragments, ids, representative
-    return relabel(fragments, ids, representative), ids, representative
+    return cut_pairs(fragments, basins, ctx.grid.block_of_id)
 
 
 def agglomerate_block(ctx: RunContext, read_roi: Roi, write_roi: Roi) -> EdgeTable:
-    """The edges owned by the block writing ``write_roi``; writes nothing."""
+    """The edges owned by the block writing ``write_roi``; writes nothing.
+
+    Cut basins are merged first (merge score 0). With ``segments.method:
+    global`` each edge also carries its affinity statistic for the global merge.
+    """
     fragments = ctx.fragments.read(read_roi)
     affs = ctx.read_affinities(read_roi)
-    nn_affs = np.ascontiguousarray(affs[:3])
-    joined, ids, representative = join_cut_basins(ctx, fragments, affs)
-    graph = merge_regions(nn_affs, joined, ctx.config.merge_until, scoring(ctx))
-    if joined is not fragments:
-        # the joined graph's merge scores, spread back onto the fragment edges
-        fragment_graph = merge_regions(nn_affs, fragments, 0.0, scoring(ctx))
-        ru = representative[np.searchsorted(ids, fragment_graph.u)]
-        rv = representative[np.searchsorted(ids, fragment_graph.v)]
-        lo, hi = np.minimum(ru, rv), np.maximum(ru, rv)
-        # look each fragment edge's representative pair up among the joined edges
-        n = len(ids)
-        dense_joined = np.searchsorted(ids, graph.u) * n + np.searchsorted(ids, graph.v)
-        dense_wanted = np.searchsorted(ids, lo) * n + np.searchsorted(ids, hi)
-        position = np.minimum(np.searchsorted(dense_joined, dense_wanted), len(dense_joined) - 1)
-        merge_score = np.where(
-            lo == hi, np.float32(0.0), graph.merge_score[position] if len(graph.u) else np.nan
-        ).astype(np.float32)
-        u, v, score = fragment_graph.u, fragment_graph.v, fragment_graph.score
-    else:
-        u, v, score, merge_score = graph.u, graph.v, graph.score, graph.merge_score
+    cut = cut_basins(ctx, fragments, affs)
+    graph = merge_regions(
+        np.ascontiguousarray(affs[:3]),
+        fragments,
+        ctx.config.merge_until,
+        scoring(ctx),
+        forced_pairs=cut,
+        with_statistics=ctx.config.segments.method == "global",
+    )
     grid = ctx.grid
-    own = grid.block_of_id(u) == grid.block_index(write_roi)
-    return EdgeTable(u[own], v[own], score[own], merge_score[own])
+    own = np.flatnonzero(grid.block_of_id(graph.u) == grid.block_index(write_roi))
+    u, v = graph.u[own], graph.v[own]
+    merge_score = graph.merge_score[own].copy()
+    merge_score[is_pair(u, v, cut)] = CUT_MERGE_SCORE
+    stats = None
+    if graph.statistics is not None:
+        stats = tuple(graph.statistics[i] for i in own.tolist())
+    return EdgeTable(u, v, graph.score[own], merge_score, stats)
 
 
 def process_block(ctx: RunContext, read_roi: Roi, write_roi: Roi) -> None:

@@ -1,25 +1,37 @@
 """Stage 3: one fragment -> segment lookup table per threshold, in one pass.
 
-Edges are streamed from the graph store in increasing merge score, in bounded
-chunks, into a union-find over all fragments; whenever the scores reach the
-next threshold the current components are written out as that threshold's
-table. Memory is O(fragments), whatever the number of edges. A segment's id is
-the smallest fragment id it contains, so tables do not depend on the order in
-which equal-scored edges arrive.
+Edges with a merge score are fed in increasing merge score into a union-find
+over all fragments; whenever the scores reach the next threshold the current
+components are written out as that threshold's table, so every threshold comes
+from the same single pass. A segment's id is the smallest fragment id it
+contains, so tables do not depend on the order in which equal-scored edges
+arrive.
+
+Where the merge scores come from is the ``segments.method``:
+
+- ``blockwise``: the scores each block wrote, streamed from the store in
+  bounded chunks; memory O(fragments) whatever the number of edges.
+- ``global``: the whole region graph is merged once more from the edge
+  statistics the blocks stored (the same kernel, on a graph instead of a
+  volume), so merges no longer depend on where block faces lie; memory O(edges).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from blockwise.errors import StoreError
+from blockwise.kernels.region_merging import merge_graph
 from blockwise.kernels.union_find import UnionFind
 from blockwise.run_context import RunContext
-from blockwise.store import GraphStore
+from blockwise.stages.agglomerate import scoring
+from blockwise.stitching import CUT_MERGE_SCORE
+from blockwise.store import EdgeTable, GraphStore
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +52,23 @@ class SegmentTable:
         return len(np.unique(self.segment_ids))
 
 
-def find_segments(
-    store: GraphStore, thresholds: list[float], edges_per_chunk: int
+def segment_tables(
+    ids: NDArray[np.uint64],
+    chunks: Iterable[EdgeTable],
+    thresholds: list[float],
+    source: str,
 ) -> list[SegmentTable]:
-    """Lookup tables for every threshold (ascending), from one pass over the edges.
+    """Lookup tables for every threshold (ascending), from one pass over merged edges.
 
-    An edge joins its fragments at threshold t iff its merge score < t.
+    Args:
+        ids: every fragment id, sorted.
+        chunks: edges with a merge score, in increasing merge score across chunks.
+        thresholds: an edge joins its fragments at threshold t iff its merge score < t.
+        source: names where the edges come from, for messages.
 
     Raises:
-        StoreError: if an edge names a fragment that is not a node of the store.
+        StoreError: if an edge names a fragment that is not in ``ids``.
     """
-    ids = store.node_ids()
     union_find = UnionFind(len(ids))
     pending = sorted(thresholds)
     tables: list[SegmentTable] = []
@@ -60,21 +78,21 @@ def find_segments(
         tables.append(SegmentTable(threshold, ids, ids[smallest]))
 
     num_edges = 0
-    for chunk in store.stream_merged_edges(edges_per_chunk):
+    for chunk in chunks:
         u = np.searchsorted(ids, chunk.u)
         v = np.searchsorted(ids, chunk.v)
         for name, idx, values in (("u", u, chunk.u), ("v", v, chunk.v)):
-            bad = (idx >= len(ids)) | (ids[np.minimum(idx, len(ids) - 1)] != values)
+            bad = (idx >= len(ids)) | (ids[np.minimum(idx, max(len(ids) - 1, 0))] != values)
             if np.any(bad):
                 raise StoreError(
-                    f"graph store {store.uri}: edge endpoint {name}={values[bad][0]} is not a "
-                    "node; was extract_fragments reset without agglomerate?"
+                    f"{source}: edge endpoint {name}={values[bad][0]} is not a node; "
+                    "was extract_fragments re-run without agglomerate?"
                 )
         start = 0
         scores = chunk.merge_score
         while pending:
             stop = int(np.searchsorted(scores, pending[0], side="left"))
-            union_find.union(u[start:stop].astype(np.int64), v[start:stop].astype(np.int64))
+            union_find.union(u[start:stop], v[start:stop])
             start = stop
             if stop < len(scores):
                 snapshot(pending.pop(0))
@@ -90,6 +108,50 @@ def find_segments(
         len(tables),
     )
     return tables
+
+
+def find_segments(
+    store: GraphStore, thresholds: list[float], edges_per_chunk: int
+) -> list[SegmentTable]:
+    """Tables from the merge scores the blocks wrote, streamed from ``store``."""
+    return segment_tables(
+        store.node_ids(),
+        store.stream_merged_edges(edges_per_chunk),
+        thresholds,
+        f"graph store {store.uri}",
+    )
+
+
+def merge_globally(ctx: RunContext) -> EdgeTable:
+    """The store's whole region graph merged again from its edge statistics.
+
+    Edges the blocks marked as one basin cut by a block face
+    (``CUT_MERGE_SCORE``) are merged first. Returns the merged edges, by increasing merge score.
+
+    Raises:
+        StoreError: if an edge was stored without statistics.
+    """
+    store = ctx.store
+    edges = store.read_edges(with_statistics=True)
+    stats = edges.statistics or ()
+    missing = [i for i, s in enumerate(stats) if not s]
+    if missing:
+        i = missing[0]
+        raise StoreError(
+            f"graph store {store.uri}: edge ({edges.u[i]}, {edges.v[i]}) has no statistics "
+            "(written by agglomerate with segments.method: blockwise?); re-run agglomerate"
+        )
+    graph = merge_graph(
+        edges.u,
+        edges.v,
+        stats,
+        ctx.config.merge_until,
+        scoring(ctx),
+        forced=edges.merge_score == CUT_MERGE_SCORE,
+    )
+    merged = np.flatnonzero(~np.isnan(graph.merge_score))
+    order = merged[np.argsort(graph.merge_score[merged], kind="stable")]
+    return EdgeTable(graph.u[order], graph.v[order], graph.score[order], graph.merge_score[order])
 
 
 def save_table(ctx: RunContext, table: SegmentTable) -> None:
@@ -110,7 +172,13 @@ def load_table(ctx: RunContext, threshold: float) -> SegmentTable:
 def run(ctx: RunContext) -> list[SegmentTable]:
     """Compute and save the lookup tables of every configured threshold."""
     cfg = ctx.config.segments
-    tables = find_segments(ctx.store, cfg.thresholds, cfg.edges_per_chunk)
+    if cfg.method == "global":
+        merged = merge_globally(ctx)
+        tables = segment_tables(
+            ctx.store.node_ids(), [merged], cfg.thresholds, f"graph store {ctx.store.uri}"
+        )
+    else:
+        tables = find_segments(ctx.store, cfg.thresholds, cfg.edges_per_chunk)
     for table in tables:
         save_table(ctx, table)
     return tables

@@ -49,8 +49,12 @@ class GraphStore(ABC):
         """Nodes whose centre lies in ``roi`` (all if None), ordered by id."""
 
     @abstractmethod
-    def read_edges(self, roi: Roi | None = None) -> EdgeTable:
-        """Edges whose ``u`` has its centre in ``roi`` (all if None), ordered by (u, v)."""
+    def read_edges(self, roi: Roi | None = None, with_statistics: bool = False) -> EdgeTable:
+        """Edges whose ``u`` has its centre in ``roi`` (all if None), ordered by (u, v).
+
+        With ``with_statistics``, also each edge's stored statistic (empty bytes
+        where the writer stored none).
+        """
 
     @abstractmethod
     def node_ids(self) -> NDArray[np.uint64]:

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import bson
 import numpy as np
 from funlib.geometry import Roi
 from numpy.typing import NDArray
@@ -375,16 +376,20 @@ class MongoGraphStore(GraphStore):
         if np.any(edges.u >= edges.v):
             raise ValueError("every edge must have u < v")
         documents: list[Document] = []
-        for u, v, score, merge in zip(
+        stats = edges.statistics if edges.statistics is not None else [None] * len(edges)
+        for u, v, score, merge, stat in zip(
             ids_to_signed(edges.u).tolist(),
             ids_to_signed(edges.v).tolist(),
             edges.score.astype(np.float64).tolist(),
             edges.merge_score.astype(np.float64).tolist(),
+            stats,
             strict=True,
         ):
-            document = {"u": u, "v": v, "score": score}
+            document: Document = {"u": u, "v": v, "score": score}
             if not math.isnan(merge):  # NaN (never merged) is stored as absent
                 document["merge_score"] = merge
+            if stat is not None:
+                document["stats"] = bson.Binary(stat)
             documents.append(document)
         self._replace_block("edges", "u", id_range, documents)
 
@@ -414,18 +419,22 @@ class MongoGraphStore(GraphStore):
     def _edges(rows: list[tuple[Any, ...]]) -> EdgeTable:
         if not rows:
             return EdgeTable.empty()
-        u, v, score, merge = zip(*rows, strict=True)
+        columns = list(zip(*rows, strict=True))
+        u, v, score, merge = columns[:4]
+        stats = tuple(bytes(s) for s in columns[4]) if len(columns) > 4 else None
         return EdgeTable(
             ids_from_signed(np.array(u, dtype=np.int64)),
             ids_from_signed(np.array(v, dtype=np.int64)),
             np.array(score, dtype=np.float32),
             # None (absent: never merged) becomes NaN
             np.array(merge, dtype=np.float64).astype(np.float32),
+            stats,
         )
 
     @staticmethod
-    def _edge_row(d: Document) -> tuple[Any, ...]:
-        return (d["u"], d["v"], d["score"], d.get("merge_score"))
+    def _edge_row(d: Document, with_statistics: bool = False) -> tuple[Any, ...]:
+        row = (d["u"], d["v"], d["score"], d.get("merge_score"))
+        return (*row, d.get("stats", b"")) if with_statistics else row
 
     def read_nodes(self, roi: Roi | None = None) -> NodeTable:
         def read() -> NodeTable:
@@ -438,12 +447,13 @@ class MongoGraphStore(GraphStore):
 
         return self._retry(f"reading nodes in {roi}", read)
 
-    def read_edges(self, roi: Roi | None = None) -> EdgeTable:
+    def read_edges(self, roi: Roi | None = None, with_statistics: bool = False) -> EdgeTable:
         edges = self._collection("edges")
+        fields = {**_EDGE_FIELDS, "stats": 1} if with_statistics else _EDGE_FIELDS
 
         def read_all() -> EdgeTable:
-            with edges.find({}, _EDGE_FIELDS, batch_size=self.batch_size) as cursor:
-                return self._edges([self._edge_row(d) for d in cursor]).sorted()
+            with edges.find({}, fields, batch_size=self.batch_size) as cursor:
+                return self._edges([self._edge_row(d, with_statistics) for d in cursor]).sorted()
 
         def read_in_roi() -> EdgeTable:
             # the edges of the nodes in the ROI: find the nodes, then their
@@ -453,8 +463,8 @@ class MongoGraphStore(GraphStore):
             for start in range(0, len(node_ids), _IN_CHUNK):
                 chunk = node_ids[start : start + _IN_CHUNK]
                 query = {"u": {"$in": chunk}}
-                with edges.find(query, _EDGE_FIELDS, batch_size=self.batch_size) as cursor:
-                    rows.extend(self._edge_row(d) for d in cursor)
+                with edges.find(query, fields, batch_size=self.batch_size) as cursor:
+                    rows.extend(self._edge_row(d, with_statistics) for d in cursor)
             return self._edges(rows).sorted()
 
         if roi is None:

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE INDEX IF NOT EXISTS nodes_position ON nodes (z, y, x);
 CREATE TABLE IF NOT EXISTS edges (
     u INTEGER NOT NULL, v INTEGER NOT NULL,
-    score REAL NOT NULL, merge_score REAL,
+    score REAL NOT NULL, merge_score REAL, stats BLOB,
     PRIMARY KEY (u, v)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edges_v ON edges (v);
@@ -104,12 +104,14 @@ class SQLiteGraphStore(GraphStore):
         if np.any(edges.u >= edges.v):
             raise ValueError("every edge must have u < v")
         merge = [None if np.isnan(m) else float(m) for m in edges.merge_score.tolist()]
+        stats = edges.statistics if edges.statistics is not None else [None] * len(edges)
         rows = list(
             zip(
                 ids_to_signed(edges.u).tolist(),
                 ids_to_signed(edges.v).tolist(),
                 edges.score.astype(np.float64).tolist(),
                 merge,
+                stats,
                 strict=True,
             )
         )
@@ -117,7 +119,10 @@ class SQLiteGraphStore(GraphStore):
         self._write(
             [
                 ("DELETE FROM edges WHERE u BETWEEN ? AND ?", bounds),
-                ("INSERT INTO edges (u, v, score, merge_score) VALUES (?, ?, ?, ?)", rows),
+                (
+                    "INSERT INTO edges (u, v, score, merge_score, stats) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                ),
             ]
         )
 
@@ -153,20 +158,25 @@ class SQLiteGraphStore(GraphStore):
             return EdgeTable.empty()
         table = np.array(rows, dtype=object)
         merge = np.array([np.nan if m is None else m for m in table[:, 3]], dtype=np.float32)
+        stats = None
+        if table.shape[1] > 4:
+            stats = tuple(b"" if s is None else bytes(s) for s in table[:, 4])
         return EdgeTable(
             ids_from_signed(table[:, 0].astype(np.int64)),
             ids_from_signed(table[:, 1].astype(np.int64)),
             table[:, 2].astype(np.float32),
             merge,
+            stats,
         )
 
-    def read_edges(self, roi: Roi | None = None) -> EdgeTable:
+    def read_edges(self, roi: Roi | None = None, with_statistics: bool = False) -> EdgeTable:
+        columns = "e.u, e.v, e.score, e.merge_score" + (", e.stats" if with_statistics else "")
         if roi is None:
-            rows = self._query("SELECT u, v, score, merge_score FROM edges ORDER BY u, v")
+            rows = self._query(f"SELECT {columns} FROM edges e ORDER BY e.u, e.v")
         else:
             where, params = self._roi_clause(roi, "n.")
             rows = self._query(
-                "SELECT e.u, e.v, e.score, e.merge_score FROM edges e "
+                f"SELECT {columns} FROM edges e "
                 f"JOIN nodes n ON n.id = e.u{where} ORDER BY e.u, e.v",
                 params,
             )

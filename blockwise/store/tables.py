@@ -46,12 +46,16 @@ class EdgeTable:
 
     ``score`` is the edge's initial score, ``merge_score`` the score at which
     its two fragments were merged inside the block that owns it, NaN if never.
+    ``statistics``, when present, holds each edge's serialized affinity
+    statistic (the state the scoring function keeps for the edge's faces), from
+    which the whole graph can be merged again globally.
     """
 
     u: NDArray[np.uint64]
     v: NDArray[np.uint64]
     score: NDArray[np.float32]
     merge_score: NDArray[np.float32]
+    statistics: tuple[bytes, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.u)
@@ -60,6 +64,18 @@ class EdgeTable:
                 f"edge table columns disagree: {n} u, {len(self.v)} v, {len(self.score)} "
                 f"scores, {len(self.merge_score)} merge scores"
             )
+        if self.statistics is not None and len(self.statistics) != n:
+            raise ValueError(f"edge table has {n} edges but {len(self.statistics)} statistics")
+
+    def select(self, rows: NDArray[np.intp] | NDArray[np.bool_]) -> EdgeTable:
+        """The rows picked by an index or mask, in that order."""
+        stats = None
+        if self.statistics is not None:
+            picked = np.arange(len(self))[rows]
+            stats = tuple(self.statistics[i] for i in picked.tolist())
+        return EdgeTable(
+            self.u[rows], self.v[rows], self.score[rows], self.merge_score[rows], stats
+        )
 
     def __len__(self) -> int:
         return len(self.u)
@@ -76,19 +92,22 @@ class EdgeTable:
 
     def sorted(self) -> EdgeTable:
         """The same rows ordered by (u, v)."""
-        order = np.lexsort((self.v, self.u))
-        return EdgeTable(self.u[order], self.v[order], self.score[order], self.merge_score[order])
+        return self.select(np.lexsort((self.v, self.u)))
 
     @staticmethod
     def concatenate(tables: list[EdgeTable]) -> EdgeTable:
         """Rows of all tables, in order."""
         if not tables:
             return EdgeTable.empty()
+        stats = None
+        if all(t.statistics is not None for t in tables):
+            stats = tuple(s for t in tables for s in t.statistics or ())
         return EdgeTable(
             np.concatenate([t.u for t in tables]),
             np.concatenate([t.v for t in tables]),
             np.concatenate([t.score for t in tables]),
             np.concatenate([t.merge_score for t in tables]),
+            stats,
         )
 
 

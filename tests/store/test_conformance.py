@@ -142,6 +142,23 @@ def test_nodes_and_edges_round_trip_with_ids_above_2_pow_63(store: GraphStore) -
     assert store.count_edges() == len(edges)
 
 
+def test_edge_statistics_round_trip(store: GraphStore) -> None:
+    id_range, nodes, edges = block_graph(3, base=2**63)
+    rng = np.random.default_rng(5)
+    stats = tuple(rng.bytes(int(n)) for n in rng.integers(0, 300, len(edges)))
+    with_stats = EdgeTable(edges.u, edges.v, edges.score, edges.merge_score, stats)
+    store.write_nodes(id_range, nodes)
+    store.write_edges(id_range, with_stats)
+    read = store.read_edges(with_statistics=True)
+    expected = with_stats.sorted()
+    assert_edges_equal(read, expected)
+    assert read.statistics == expected.statistics
+    assert store.read_edges().statistics is None
+    # edges written without statistics read back as empty bytes
+    store.write_edges(id_range, edges)
+    assert set(store.read_edges(with_statistics=True).statistics or ()) == {b""}
+
+
 def test_empty_store_reads_empty_tables(store: GraphStore) -> None:
     assert len(store.read_nodes()) == 0
     assert len(store.read_edges()) == 0
