@@ -105,3 +105,47 @@ def test_failed_block_exits_nonzero_listing_it(tmp_path: Path) -> None:
         (tmp_path / "run" / "failures" / "extract_fragments" / "block_1.json").read_text()
     )
     assert "NaN" in record["traceback"]
+
+
+def test_status_and_a_store_of_another_run(tmp_path: Path, gala: Path) -> None:
+    data = gala_config(gala, tmp_path / "run")
+    path = tmp_path / "gala.yaml"
+    path.write_text(yaml.safe_dump(data))
+    before = blockwise("status", str(path), timeout=120)
+    assert before.returncode == 0 and "not started" in before.stdout
+    result = run(parse_config(data), multiprocessing=False, progress=False)
+    assert result.ok, result.summary()
+    status = blockwise("status", str(path), timeout=120)
+    assert status.returncode == 0, status.stderr
+    blocks = result.stages[0].total
+    assert f"extract_fragments {blocks:>8}{blocks:>8}".replace(" ", "") in status.stdout.replace(
+        " ", ""
+    )
+    store = parse_config(data).store_uri
+    assert f"graph store {store}:" in status.stdout and " nodes, " in status.stdout
+
+    # another run pointed at the same store is refused, and nothing is changed
+    other = dict(data, name="someone_else")
+    other_path = tmp_path / "other.yaml"
+    other_path.write_text(yaml.safe_dump(other))
+    refused = blockwise("run", str(other_path), "--no-progress", "--in-process", timeout=300)
+    assert refused.returncode == 2
+    assert "holds the graph of run 'gala_ci'" in refused.stderr
+    assert "--adopt-store" in refused.stderr
+    adopted = blockwise(
+        "run", str(other_path), "--no-progress", "--in-process", "--adopt-store", timeout=300
+    )
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+
+
+def test_plan_describes_the_demo_without_writing(tmp_path: Path) -> None:
+    require_data("fib25_baseline_affs.h5")
+    data = yaml.safe_load((REPO / "configs" / "fib25_demo.yaml").read_text())
+    data["run_dir"] = str(tmp_path / "run")
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = blockwise("plan", str(path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "block grid [4, 4, 4] = 64 blocks of [64, 64, 64] voxels" in proc.stdout
+    assert "fits uint64: ok" in proc.stdout
+    assert not (tmp_path / "run").exists()
