@@ -19,6 +19,7 @@ from blockwise.kernels.region_merging import Scoring, merge_regions, segment
 from blockwise.run_context import RunContext
 from blockwise.runner import run
 from blockwise.stages.find_segments import load_table
+from blockwise.stitching import CUT_MERGE_SCORE
 
 from datafiles import require_data
 
@@ -116,8 +117,9 @@ def block_of_voxels(ctx: RunContext) -> np.ndarray:
     return owner
 
 
-def test_blockwise_invariants_and_resume(tmp_path: Path, crop: Path) -> None:
-    cfg = config(tmp_path, crop)
+@pytest.mark.parametrize("method", ["global", "blockwise"])
+def test_blockwise_invariants_and_resume(tmp_path: Path, crop: Path, method: str) -> None:
+    cfg = config(tmp_path, crop, segments={"method": method})
     first = run(cfg, multiprocessing=False, progress=False)
     assert first.ok, first.summary()
     ctx = RunContext(cfg)
@@ -139,6 +141,10 @@ def test_blockwise_invariants_and_resume(tmp_path: Path, crop: Path) -> None:
     assert len(pairs) == len(edges)
     assert np.all(edges.u < edges.v)
     assert np.all(np.isnan(edges.merge_score) | (edges.merge_score < cfg.merge_until))
+    # halves of basins cut by block faces are marked, and only across blocks
+    cut = edges.merge_score == CUT_MERGE_SCORE
+    assert np.any(cut)
+    assert np.all(ctx.grid.block_of_id(edges.u[cut]) != ctx.grid.block_of_id(edges.v[cut]))
     # tables: one per threshold, coarser at higher thresholds
     counts = [load_table(ctx, t).num_segments for t in cfg.segments.thresholds]
     assert counts == sorted(counts, reverse=True)

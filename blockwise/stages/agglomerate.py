@@ -16,9 +16,9 @@ import logging
 import numpy as np
 from funlib.geometry import Roi
 
-from blockwise.fragments import fragments_from_affinities
 from blockwise.kernels.region_merging import Scoring, merge_regions
 from blockwise.run_context import RunContext
+from blockwise.stages.extract_fragments import flood
 from blockwise.stitching import CUT_MERGE_SCORE, cut_pairs, is_pair
 from blockwise.store import EdgeTable
 
@@ -37,24 +37,14 @@ def cut_basins(
     ctx: RunContext, fragments: np.ndarray, affs: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (u, v) of fragments from different blocks that are one basin cut by a face."""
-    params = ctx.config.extract_fragments
-    vs = ctx.voxel_size
-    basins, _ = fragments_from_affinities(
-        affs,
-        (vs[0], vs[1], vs[2]),
-        boundary_threshold=params.boundary_threshold,
-        min_seed_distance_nm=params.min_seed_distance_nm,
-        seeds_per_section=params.seeds_per_section,
-        min_fragment_size_vx=params.min_fragment_size_vx,
-        mask=fragments != 0,
-    )
+    basins = flood(ctx, affs, fragments != 0)
     return cut_pairs(fragments, basins, ctx.grid.block_of_id)
 
 
 def agglomerate_block(ctx: RunContext, read_roi: Roi, write_roi: Roi) -> EdgeTable:
     """The edges owned by the block writing ``write_roi``; writes nothing.
 
-    Cut basins are merged first (merge score 0). With ``segments.method:
+    Cut basins are merged first (stored with ``CUT_MERGE_SCORE``). With ``segments.method:
     global`` each edge also carries its affinity statistic for the global merge.
     """
     fragments = ctx.fragments.read(read_roi)

@@ -50,15 +50,11 @@ def fragment_nodes(fragments: np.ndarray, roi: Roi, voxel_size: tuple[int, ...])
     return NodeTable(ids[keep].astype(np.uint64), centers[keep], sizes[keep].astype(np.int64))
 
 
-def extract_block(
-    ctx: RunContext, read_roi: Roi, write_roi: Roi, grid: BlockGrid
-) -> tuple[np.ndarray, NodeTable]:
-    """Fragments (global ids) of ``write_roi`` and their nodes; writes nothing."""
+def flood(ctx: RunContext, affs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The run's fragment algorithm on one array (local ids 1..n), with its parameters."""
     params = ctx.config.extract_fragments
-    affs = ctx.read_affinities(read_roi)
     vs = ctx.voxel_size
-    mask = ctx.read_mask(read_roi)
-    local, _ = fragments_from_affinities(
+    fragments, _ = fragments_from_affinities(
         affs,
         (vs[0], vs[1], vs[2]),
         boundary_threshold=params.boundary_threshold,
@@ -67,6 +63,14 @@ def extract_block(
         min_fragment_size_vx=params.min_fragment_size_vx,
         mask=mask,
     )
+    return fragments
+
+
+def extract_block(
+    ctx: RunContext, read_roi: Roi, write_roi: Roi, grid: BlockGrid
+) -> tuple[np.ndarray, NodeTable]:
+    """Fragments (global ids) of ``write_roi`` and their nodes; writes nothing."""
+    local = flood(ctx, ctx.read_affinities(read_roi), ctx.read_mask(read_roi))
     cropped, _ = consecutive(
         np.ascontiguousarray(local[crop_slices(write_roi, read_roi, ctx.voxel_size)])
     )
