@@ -149,3 +149,44 @@ def test_plan_describes_the_demo_without_writing(tmp_path: Path) -> None:
     assert "block grid [4, 4, 4] = 64 blocks of [64, 64, 64] voxels" in proc.stdout
     assert "fits uint64: ok" in proc.stdout
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_run_resumes_to_identical_output(tmp_path: Path, gala: Path) -> None:
+    import os
+    import signal
+    import time
+
+    data = gala_config(gala, tmp_path / "killed")
+    path = tmp_path / "gala.yaml"
+    path.write_text(yaml.safe_dump(data))
+    driver = subprocess.Popen(
+        [BLOCKWISE, "run", str(path), "--workers", "2", "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    fragments = tmp_path / "killed" / "output.zarr" / "fragments"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(fragments.glob("*.*.*"))) < 40:
+        time.sleep(0.05)
+    assert driver.poll() is None, "the run ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its workers, at once
+    driver.wait()
+    assert not (tmp_path / "killed" / "evaluation.json").exists()
+
+    resumed = blockwise("run", str(path), "--workers", "2", "--no-progress")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    skipped = [line for line in resumed.stdout.splitlines() if line.startswith("extract_fragments")]
+    assert skipped and int(skipped[0].split()[3]) > 0, resumed.stdout  # some blocks were kept
+
+    reference = parse_config(gala_config(gala, tmp_path / "undisturbed"))
+    assert run(reference, multiprocessing=False, progress=False).ok
+    for t in reference.segments.thresholds:
+        name = f"segmentation/threshold_{t:.4f}"
+        a = zarr.open_group(str(tmp_path / "killed" / "output.zarr"), mode="r")[name][:]
+        b = zarr.open_group(str(tmp_path / "undisturbed" / "output.zarr"), mode="r")[name][:]
+        assert np.array_equal(a, b)
+    killed = json.loads((tmp_path / "killed" / "evaluation.json").read_text())["results"]
+    undisturbed = json.loads((tmp_path / "undisturbed" / "evaluation.json").read_text())["results"]
+    assert killed == undisturbed
