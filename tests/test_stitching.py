@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from blockwise.config import parse_config
@@ -77,3 +78,27 @@ def test_blockwise_64_within_0_1_voi_of_whole_volume(tmp_path: Path, record_prop
     p = json.loads((parts_cfg.run_dir / "evaluation.json").read_text())["results"]
     for rw, rp in zip(w, p, strict=True):
         assert abs((rw["voi_split"] + rw["voi_merge"]) - (rp["voi_split"] + rp["voi_merge"])) <= 0.1
+
+
+def test_cut_pairs_are_halves_of_one_basin_across_a_block_face() -> None:
+    from blockwise.stitching import cut_pairs, is_pair
+
+    basins = np.zeros((4, 6, 20), dtype=np.uint64)
+    basins[..., :10] = 1
+    basins[..., 10:] = 2
+    fragments = np.zeros_like(basins)
+    fragments[..., :5] = 1  # block 0: x 0..5
+    fragments[..., 5:10] = 101  # block 1: x 5..15
+    fragments[..., 10:15] = 102
+    fragments[..., 15:] = 201  # block 2: x 15..20
+    fragments[0, 0, 4] = 7  # a sliver of another fragment; it belongs to basin 1 too
+
+    def block_of_id(ids: np.ndarray) -> np.ndarray:
+        return (np.asarray(ids) // 100).astype(np.int64)
+
+    u, v = cut_pairs(fragments, basins, block_of_id)
+    assert sorted(zip(u.tolist(), v.tolist(), strict=True)) == [(1, 101), (7, 101), (102, 201)]
+    # 101 and 102 touch but lie in one block: a real boundary, never a cut
+    edges_u = np.array([1, 7, 101, 102], dtype=np.uint64)
+    edges_v = np.array([101, 101, 102, 201], dtype=np.uint64)
+    assert is_pair(edges_u, edges_v, (u, v)).tolist() == [True, True, False, True]
