@@ -28,7 +28,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(result.summary() + "\n")
     report = config.run_dir / "evaluation.json"
-    if report.exists() and any(s.name == "evaluate" and s.done for s in result.stages):
+    evaluated = any(s.name == "evaluate" and s.done + s.skipped == s.total for s in result.stages)
+    if report.exists() and evaluated:
         from blockwise.report import format_report
 
         sys.stdout.write(format_report(report) + "\n")

@@ -55,7 +55,7 @@ def expand_path(value: str | Path) -> Path:
             )
         return os.environ[name]
 
-    return Path(_ENV_PATTERN.sub(substitute, text)).expanduser().absolute()
+    return Path(_ENV_PATTERN.sub(substitute, text)).expanduser().resolve()
 
 
 class DatasetConfig(Model):
