@@ -107,22 +107,33 @@ def fragments_from_affinities(
     if mask is not None and mask.all():
         mask = None  # one component covering everything, as without a mask
 
-    mean_affinity = affs.mean(axis=0, dtype=np.float32)
-    interior = mean_affinity > np.float32(boundary_threshold)
+    # the surface is built in the buffer of the mean affinity; every step below
+    # frees or reuses its full-volume intermediates as soon as they are dead
+    surface = affs.mean(axis=0, dtype=np.float32)
+    interior = surface > np.float32(boundary_threshold)
     if mask is not None:
         interior &= mask
     depth_nm = _boundary_distance_nm(interior, voxel_nm, seeds_per_section)
-    seeds, top_id = _find_seeds(depth_nm, voxel_nm, min_seed_distance_nm, seeds_per_section)
+    seed_labels, top_id = _find_seeds(depth_nm, voxel_nm, min_seed_distance_nm, seeds_per_section)
+    seed_index = np.flatnonzero(seed_labels)
+    seed_ids = seed_labels.reshape(-1)[seed_index].astype(np.uint64)
+    del seed_labels
 
-    surface = 1 - mean_affinity
+    np.subtract(np.float32(1), surface, out=surface)
     max_depth = float(depth_nm.max())
     if max_depth > 0:
-        surface[interior] = -depth_nm[interior] / max_depth
-    del mean_affinity, depth_nm
+        # -d / max, computed as d / -max: the same float32 values
+        np.divide(depth_nm, np.float32(-max_depth), out=depth_nm)
+        np.copyto(surface, depth_nm, where=interior)
+    del depth_nm, interior
 
     components = _MaskComponents(mask)
-    seeds, top_id = components.seed_seedless(seeds, top_id)
-    fragments = _flood(surface, seeds, mask)
+    # the seeds, and after each flood the fragments, live in this one buffer
+    fragments = np.zeros(shape, dtype=np.uint64)
+    fragments.reshape(-1)[seed_index] = seed_ids
+    del seed_index, seed_ids
+    fragments, top_id = components.seed_seedless(fragments, top_id)
+    seed_index, seed_ids = _flood_in_place(surface, fragments, mask)
     logger.debug("flooded %d seeds over %s voxels", top_id, shape)
 
     if min_fragment_size_vx > 0:
@@ -130,12 +141,16 @@ def fragments_from_affinities(
         is_small = sizes < min_fragment_size_vx
         is_small[0] = False
         if is_small.any():
-            seeds[is_small[seeds.view(np.int64)]] = 0
-            seeds, top_id = components.seed_seedless(seeds, top_id)
-            fragments = _flood(surface, seeds, mask)
+            kept = ~is_small[seed_ids.view(np.int64)]
+            fragments[...] = 0
+            fragments.reshape(-1)[seed_index[kept]] = seed_ids[kept]
+            del seed_index, seed_ids, kept
+            fragments, top_id = components.seed_seedless(fragments, top_id)
+            _flood_in_place(surface, fragments, mask)
             logger.debug(
                 "removed %d fragments below %d voxels", is_small.sum(), min_fragment_size_vx
             )
+    del surface
 
     ids = first_occurrences(fragments)
     fragments = relabel(fragments, ids, np.arange(1, ids.size + 1, dtype=np.uint64))
@@ -169,7 +184,7 @@ def _find_seeds(
     voxel_nm: tuple[float, ...],
     min_seed_distance_nm: float,
     per_section: bool,
-) -> tuple[NDArray[np.uint64], int]:
+) -> tuple[NDArray[np.integer], int]:
     """Label the window maxima of ``depth_nm`` (> 0), one id per connected group."""
     window = [_window_vx(min_seed_distance_nm, s) for s in voxel_nm]
     structure = ndimage.generate_binary_structure(3, 1)
@@ -179,7 +194,7 @@ def _find_seeds(
     is_peak = depth_nm == ndimage.maximum_filter(depth_nm, size=window)
     is_peak &= depth_nm > 0
     seeds, n_seeds = ndimage.label(is_peak, structure=structure)
-    return seeds.astype(np.uint64), int(n_seeds)
+    return seeds, int(n_seeds)
 
 
 def _window_vx(distance_nm: float, voxel_nm: float) -> int:
@@ -188,12 +203,26 @@ def _window_vx(distance_nm: float, voxel_nm: float) -> int:
     return n if n % 2 == 1 else n + 1
 
 
-def _flood(
-    surface: NDArray[np.float32], seeds: NDArray[np.uint64], mask: NDArray[np.bool_] | None
-) -> NDArray[np.uint64]:
-    seeded_surface = surface.copy()
-    seeded_surface[seeds != 0] = -np.inf
-    return seeded_watershed(seeded_surface, seeds, mask)
+def _flood_in_place(
+    surface: NDArray[np.float32], labels: NDArray[np.uint64], mask: NDArray[np.bool_] | None
+) -> tuple[NDArray[np.intp], NDArray[np.uint64]]:
+    """Flood the seeds in ``labels`` (in place) over ``surface`` with seeds at ``-inf``.
+
+    ``surface`` is changed at the seed voxels only while the flood runs.
+
+    Returns:
+        The flat indices of the seed voxels and their seed labels.
+    """
+    seed_index = np.flatnonzero(labels)
+    seed_ids = labels.reshape(-1)[seed_index]
+    flat_surface = surface.reshape(-1)
+    seed_surface = flat_surface[seed_index]
+    flat_surface[seed_index] = -np.inf
+    try:
+        seeded_watershed(surface, labels, mask, overwrite_seeds=True)
+    finally:
+        flat_surface[seed_index] = seed_surface
+    return seed_index, seed_ids
 
 
 class _MaskComponents:

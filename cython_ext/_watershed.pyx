@@ -22,6 +22,9 @@ because the flood visits the volume in value order, not memory order.
 
 Voxels live in a volume padded by one voxel on every side whose padding is never
 flooded, so neighbours need no bounds checks; voxel indices and ages are 32 bits.
+While the flood runs, the output array itself holds the number of the seed that
+reached each voxel (queue entries carry the voxel's index in both volumes), so
+the kernel needs 4 bytes per padded voxel beside its queue.
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -60,15 +63,15 @@ cdef struct _Item:
     uint64_t key
     # index into the padded volume
     uint32_t voxel
-    # 1-based number of the seed voxel whose label spreads here
-    uint32_t seed
+    # index into the unpadded volume (C order)
+    uint32_t place
 
 
 cdef struct _Entry:
     # an item of the phase-2 queue, which needs no age: buckets keep push order
     uint32_t value
     uint32_t voxel
-    uint32_t seed
+    uint32_t place
 
 
 cdef uint64_t _AGE_MASK = 0xFFFFFFFFU
@@ -135,6 +138,23 @@ cdef inline _Item _heap_pop(vector[_Item]& heap) noexcept nogil:
     return top
 
 
+cdef size_t _COMPACT_AFTER = 1 << 16
+
+
+cdef inline void _release(vector[_Entry]& bucket) noexcept nogil:
+    """Empty ``bucket``; give its memory back unless it is small.
+
+    A bucket that has been emptied is refilled only later, and often much less:
+    keeping the capacities of all buckets would hold memory for more entries than
+    are ever queued at once.
+    """
+    cdef vector[_Entry] empty
+    if bucket.capacity() > _COMPACT_AFTER:
+        bucket.swap(empty)
+    else:
+        bucket.clear()
+
+
 cdef inline void _prefetch_neighbourhood(const uint32_t* keys, uint32_t voxel,
                                          Py_ssize_t row, Py_ssize_t plane) noexcept nogil:
     _prefetch(keys + voxel - plane)
@@ -144,15 +164,22 @@ cdef inline void _prefetch_neighbourhood(const uint32_t* keys, uint32_t voxel,
     _prefetch(keys + voxel + plane)
 
 
-cdef int _flood(uint32_t* keys, uint32_t* seed_of, vector[_Item]& heap,
-                Py_ssize_t n_seeds, Py_ssize_t row, Py_ssize_t plane) except -1 nogil:
+cdef int _flood(uint32_t* keys, uint64_t* seed_of, vector[_Item]& heap,
+                Py_ssize_t n_seeds, Py_ssize_t row, Py_ssize_t plane,
+                Py_ssize_t width, Py_ssize_t area) except -1 nogil:
     """Run the flood over the padded volume; ``heap`` holds the seeds on entry.
 
-    ``keys[v]`` is the order key of voxel ``v`` while it may still be flooded and
-    0 otherwise (outside the mask, on the padding, already labelled);
-    ``seed_of[v]`` receives the number of the seed that reaches ``v``.
+    ``keys[v]`` is the order key of padded voxel ``v`` while it may still be
+    flooded and 0 otherwise (outside the mask, on the padding, already labelled).
+    ``seed_of[p]``, over the unpadded volume (``width`` voxels per row, ``area``
+    per plane), holds the 1-based number of the seed that reaches voxel ``p``:
+    set for the seeds on entry and for every voxel when it is pushed, so a
+    popped voxel finds its seed there.
     """
     cdef Py_ssize_t offsets[6]
+    cdef Py_ssize_t places[6]
+    cdef uint64_t seed
+    cdef vector[_Item] no_items
     cdef Py_ssize_t n_seeds_left = n_seeds
     cdef _Item item, pushed
     cdef _Entry entry, moved
@@ -170,6 +197,12 @@ cdef int _flood(uint32_t* keys, uint32_t* seed_of, vector[_Item]& heap,
     offsets[3] = 1
     offsets[4] = row
     offsets[5] = plane
+    places[0] = -area
+    places[1] = -width
+    places[2] = -1
+    places[3] = 1
+    places[4] = width
+    places[5] = area
 
     # Phase 1, until the last seed has left: the binary heap, exactly as
     # scikit-image moves its elements, so that seeds of equal value leave in the
@@ -182,14 +215,15 @@ cdef int _flood(uint32_t* keys, uint32_t* seed_of, vector[_Item]& heap,
             _prefetch_neighbourhood(keys, heap[0].voxel, row, plane)
         i = item.voxel
         current = <uint32_t>(item.key >> 32)
-        pushed.seed = item.seed
+        seed = seed_of[item.place]
         for d in range(6):
             j = <uint32_t>(i + offsets[d])
             value = keys[j]
             if value == 0:
                 continue
             keys[j] = 0
-            seed_of[j] = item.seed
+            pushed.place = <uint32_t>(item.place + places[d])
+            seed_of[pushed.place] = seed
             age += 1
             if value < current:
                 value = current
@@ -211,12 +245,13 @@ cdef int _flood(uint32_t* keys, uint32_t* seed_of, vector[_Item]& heap,
         item = _heap_pop(heap)
         entry.value = <uint32_t>(item.key >> 32)
         entry.voxel = item.voxel
-        entry.seed = item.seed
+        entry.place = item.place
         buckets[_bit_length(entry.value ^ current)].push_back(entry)
+    heap.swap(no_items)  # give the heap's memory back
 
     while True:
         if head == buckets[0].size():
-            buckets[0].clear()
+            _release(buckets[0])
             head = 0
             b = 1
             while b <= 32 and buckets[b].empty():
@@ -232,24 +267,31 @@ cdef int _flood(uint32_t* keys, uint32_t* seed_of, vector[_Item]& heap,
             for k in range(source.size()):
                 moved = source[0][k]
                 buckets[_bit_length(moved.value ^ current)].push_back(moved)
-            source.clear()
+            _release(source[0])
+        elif head >= _COMPACT_AFTER and 2 * head >= buckets[0].size():
+            # drop the popped front of a long FIFO so that a wide plateau of one
+            # value holds only its pending entries (amortised O(1) per entry)
+            buckets[0].erase(buckets[0].begin(), buckets[0].begin() + head)
+            head = 0
         entry = buckets[0][head]
         head += 1
         if head < buckets[0].size():
             _prefetch_neighbourhood(keys, buckets[0][head].voxel, row, plane)
+            _prefetch(seed_of + buckets[0][head].place)
         i = entry.voxel
+        seed = seed_of[entry.place]
         for d in range(6):
             j = <uint32_t>(i + offsets[d])
             value = keys[j]
             if value == 0:
                 continue
             keys[j] = 0
-            seed_of[j] = entry.seed
+            moved.place = <uint32_t>(entry.place + places[d])
+            seed_of[moved.place] = seed
             if value < current:
                 value = current
             moved.value = value
             moved.voxel = j
-            moved.seed = entry.seed
             buckets[_bit_length(value ^ current)].push_back(moved)
     return 0
 
@@ -274,10 +316,10 @@ def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels no
     cdef Py_ssize_t plane = (height + 2) * row
     cdef Py_ssize_t z, y, x, v
     cdef bint has_mask = mask is not None
-    cdef uint32_t seed
+    cdef uint64_t seed
     cdef uint64_t label
+    cdef uint64_t* seed_of
     cdef vector[uint32_t] keys
-    cdef vector[uint32_t] seed_of
     cdef vector[uint64_t] seed_labels
     cdef vector[_Item] heap
     cdef _Item item
@@ -286,7 +328,8 @@ def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels no
         return
     # the padding stays 0 (never flooded), so neighbours need no bounds checks
     keys.resize((depth + 2) * plane)
-    seed_of.resize((depth + 2) * plane)
+    # ``labels`` holds seed numbers while the flood runs: no second volume
+    seed_of = &labels[0, 0, 0]
     with nogil:
         for z in range(depth):
             for y in range(height):
@@ -296,18 +339,16 @@ def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels no
                     if label != 0:
                         # seeds enter in C order with age 0, as in scikit-image
                         seed_labels.push_back(label)
-                        seed_of[v + x] = <uint32_t>seed_labels.size()
+                        labels[z, y, x] = seed_labels.size()
                         item.key = <uint64_t>_order_key(surface[z, y, x]) << 32
                         item.voxel = <uint32_t>(v + x)
-                        item.seed = <uint32_t>seed_labels.size()
+                        item.place = <uint32_t>((z * height + y) * width + x)
                         _heap_push(heap, item)
                     elif not has_mask or mask[z, y, x] != 0:
                         keys[v + x] = _order_key(surface[z, y, x])
-        _flood(keys.data(), seed_of.data(), heap, seed_labels.size(), row, plane)
-        for z in range(depth):
-            for y in range(height):
-                v = (z + 1) * plane + (y + 1) * row + 1
-                for x in range(width):
-                    seed = seed_of[v + x]
-                    if seed != 0:
-                        labels[z, y, x] = seed_labels[seed - 1]
+        _flood(keys.data(), seed_of, heap, seed_labels.size(), row, plane,
+               width, height * width)
+        for v in range(depth * height * width):
+            seed = seed_of[v]
+            if seed != 0:
+                seed_of[v] = seed_labels[seed - 1]

@@ -19,6 +19,8 @@ def seeded_watershed(
     surface: NDArray[np.float32],
     seeds: NDArray[np.uint64],
     mask: NDArray[np.bool_] | None = None,
+    *,
+    overwrite_seeds: bool = False,
 ) -> NDArray[np.uint64]:
     """Flood seed labels over ``surface``, lowest values first, 6-connected.
 
@@ -34,18 +36,22 @@ def seeded_watershed(
             are ignored.
         mask: (z, y, x), True where voxels may be labelled; ``None`` means
             everywhere.
+        overwrite_seeds: Flood ``seeds`` itself (it must be C-contiguous) and
+            return it, instead of a new array.
 
     Returns:
         (z, y, x) labels: every voxel of ``mask`` connected (6-neighbourhood,
         inside ``mask``) to a seed holds a seed label; all other voxels hold 0.
 
-    Memory: the output (8 bytes per voxel), 8 bytes per voxel of the volume
-    padded by one voxel per side, and 16 bytes per voxel in the queue at once.
+    Memory: the output (8 bytes per voxel; none with ``overwrite_seeds``), 8 bytes
+    per voxel of the volume padded by one voxel per side, 12 bytes per seed voxel,
+    and 16 bytes (12 once the last seed has left) per voxel in the queue at once.
 
     Raises:
         ValueError: if an array is not 3D, has another dtype than documented,
-            shapes differ, ``surface`` holds NaN, or the volume padded by one
-            voxel per side has 2**32 voxels or more.
+            shapes differ, ``surface`` holds NaN, the volume padded by one
+            voxel per side has 2**32 voxels or more, or ``overwrite_seeds`` is
+            set and ``seeds`` is not C-contiguous and writeable.
     """
     _check_array("surface", surface, np.dtype(np.float32))
     _check_array("seeds", seeds, np.dtype(np.uint64), shape=surface.shape)
@@ -61,10 +67,15 @@ def seeded_watershed(
     if np.isnan(surface).any():
         raise ValueError("surface holds NaN; expected finite or infinite values only")
 
-    labels = np.array(seeds, dtype=np.uint64, order="C", copy=True)
+    if overwrite_seeds:
+        if not (seeds.flags.c_contiguous and seeds.flags.writeable):
+            raise ValueError("with overwrite_seeds, seeds must be C-contiguous and writeable")
+        labels = seeds
+    else:
+        labels = np.array(seeds, dtype=np.uint64, order="C", copy=True)
     mask_u8 = None
     if mask is not None:
-        labels[~mask] = 0
+        np.copyto(labels, 0, where=~mask)
         mask_u8 = np.ascontiguousarray(mask).view(np.uint8)
     _watershed.flood(np.ascontiguousarray(surface), labels, mask_u8)
     return labels
