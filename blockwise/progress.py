@@ -35,6 +35,7 @@ class StageProgress:
         self.enabled = enabled
         self.timings = {name: StageTiming() for name in order}
         self._bars: dict[str, Any] = {}
+        self._last_update = time.monotonic()
 
     def _bar(self, name: str, total: int) -> Any:
         if name not in self._bars:
@@ -62,7 +63,10 @@ class StageProgress:
                 int(state.completed_count) + int(state.failed_count) + int(state.orphaned_count)
             )
             timing = self.timings[name]
-            if timing.start is None and (int(state.processing_count) > 0 or settled > 0):
+            if timing.start is None and settled > 0:
+                # finished between two updates: it started after the previous one
+                timing.start = self._last_update
+            elif timing.start is None and int(state.processing_count) > 0:
                 timing.start = now
             if timing.end is None and timing.start is not None and settled >= total:
                 timing.end = now
@@ -73,6 +77,7 @@ class StageProgress:
                 bar.set_postfix(failed=int(state.failed_count), refresh=False)
             if final:
                 bar.close()
+        self._last_update = now
 
     def on_start(self, states: dict[str, Any]) -> None:
         """Called by daisy when the run starts."""
