@@ -25,39 +25,49 @@ CUT_MERGE_SCORE = -1.0
 
 
 def _dominant(
-    fragments: NDArray[np.uint64], basins: NDArray[np.uint64]
-) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
-    """Each non-zero fragment id (sorted) and the basin covering it (0 if none does)."""
+    fragments: NDArray[np.uint64], basins: NDArray[np.uint64], wanted: NDArray[np.uint64]
+) -> NDArray[np.uint64]:
+    """The basin covering each of the ``wanted`` (sorted, unique) fragments, 0 if none does."""
     f = fragments.ravel()
-    b = basins.ravel()
-    keep = f != 0
-    f, b = f[keep], b[keep]
-    ids, f_index = np.unique(f, return_inverse=True)
-    sizes = np.bincount(f_index, minlength=len(ids))
-    order = np.lexsort((b, f_index))
-    fs, bs = f_index[order], b[order]
-    starts = np.flatnonzero(np.r_[True, (fs[1:] != fs[:-1]) | (bs[1:] != bs[:-1])])
-    counts = np.diff(np.r_[starts, fs.size])
-    pair_fragment, pair_basin = fs[starts], bs[starts]
+    voxels = np.flatnonzero(np.isin(f, wanted))
+    f_index = np.searchsorted(wanted, f[voxels])
+    b = basins.ravel()[voxels]
+    _, b_index = np.unique(b, return_inverse=True)
+    basin_ids = b[np.unique(b_index, return_index=True)[1]] if len(b) else b
+    num_basins = max(len(basin_ids), 1)
+    keys, counts = np.unique(f_index * num_basins + b_index, return_counts=True)
+    pair_fragment, pair_basin = keys // num_basins, keys % num_basins
+    sizes = np.bincount(f_index, minlength=len(wanted))
     # the largest pair of each fragment: sort by (fragment, count) and take the last
     best = np.lexsort((counts, pair_fragment))
     last = np.r_[pair_fragment[best][1:] != pair_fragment[best][:-1], True]
     top = best[last]
-    dominant = np.where(
-        counts[top] > MIN_COVERAGE * sizes[pair_fragment[top]], pair_basin[top], 0
-    ).astype(np.uint64)
-    return ids.astype(np.uint64), dominant
+    dominant = np.zeros(len(wanted), dtype=np.uint64)
+    covered = counts[top] > MIN_COVERAGE * sizes[pair_fragment[top]]
+    dominant[pair_fragment[top][covered]] = basin_ids[pair_basin[top][covered]]
+    return dominant
 
 
-def _touching_pairs(fragments: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
-    """Unique (u, v), u < v, of different non-zero fragments that share a face."""
+def _pairs_across_blocks(
+    fragments: NDArray[np.uint64],
+    block_of_id: Callable[[NDArray[np.uint64]], NDArray[np.int64]],
+) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    """Unique (u, v), u < v, of non-zero fragments of different blocks that share a face."""
+    blocks = block_of_id(fragments.ravel()).reshape(fragments.shape)
     us, vs = [], []
     for axis in range(3):
-        a = np.moveaxis(fragments, axis, 0)
-        lo, hi = a[:-1].ravel(), a[1:].ravel()
-        differ = (lo != hi) & (lo != 0) & (hi != 0)
-        us.append(np.minimum(lo[differ], hi[differ]))
-        vs.append(np.maximum(lo[differ], hi[differ]))
+        f = np.moveaxis(fragments, axis, 0)
+        b = np.moveaxis(blocks, axis, 0)
+        # fragments never cross a write ROI: pairs of blocks only meet at block faces
+        faces = np.flatnonzero(np.any(b[1:] != b[:-1], axis=tuple(range(1, b.ndim))))
+        for i in faces.tolist():
+            lo, hi = f[i].ravel(), f[i + 1].ravel()
+            differ = (lo != hi) & (lo != 0) & (hi != 0) & (b[i].ravel() != b[i + 1].ravel())
+            us.append(np.minimum(lo[differ], hi[differ]))
+            vs.append(np.maximum(lo[differ], hi[differ]))
+    if not us:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, empty
     u = np.concatenate(us)
     v = np.concatenate(vs)
     if u.size == 0:
@@ -81,14 +91,13 @@ def cut_pairs(
     Returns:
         (u, v), u < v: touching fragments of different blocks covered by the same basin.
     """
-    u, v = _touching_pairs(fragments)
-    different = block_of_id(u) != block_of_id(v)
-    u, v = u[different], v[different]
+    u, v = _pairs_across_blocks(fragments, block_of_id)
     if u.size == 0:
         return u, v
-    ids, dominant = _dominant(fragments, basins)
-    du = dominant[np.searchsorted(ids, u)]
-    dv = dominant[np.searchsorted(ids, v)]
+    wanted = np.unique(np.concatenate([u, v]))
+    dominant = _dominant(fragments, basins, wanted)
+    du = dominant[np.searchsorted(wanted, u)]
+    dv = dominant[np.searchsorted(wanted, v)]
     same = (du == dv) & (du != 0)
     return u[same], v[same]
 
