@@ -119,6 +119,13 @@ class BlockGrid:
             yield self.write_roi(index)
 
 
+def roi_slices(inner: Roi, outer: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:
+    """Slices selecting ``inner`` out of an array that covers ``outer`` (both nm)."""
+    begin = (inner.begin - outer.begin) / voxel_size
+    end = (inner.end - outer.begin) / voxel_size
+    return tuple(slice(int(b), int(e)) for b, e in zip(begin, end, strict=True))
+
+
 def grow_clipped(roi: Roi, context_nm: Coordinate, bounds: Roi) -> Roi:
     """``roi`` grown by ``context_nm`` on every side, cut to ``bounds``."""
     return roi.grow(context_nm, context_nm).intersect(bounds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
@@ -193,7 +194,13 @@ class RunContext:
         )
 
     def segmentation(self, threshold: float) -> Volume:
-        """The segmentation array (uint64) for one threshold, created on first use."""
+        """The segmentation array (uint64) for one threshold, created or opened once."""
+        key = f"segmentation:{threshold}"
+        if key not in self.cache:
+            self.cache[key] = self._open_segmentation(threshold)
+        return cast(Volume, self.cache[key])
+
+    def _open_segmentation(self, threshold: float) -> Volume:
         return create_zarr_volume(
             self.output_path,
             f"segmentation/{threshold_name(threshold)}",

@@ -32,8 +32,7 @@ def _dominant(
     voxels = np.flatnonzero(np.isin(f, wanted))
     f_index = np.searchsorted(wanted, f[voxels])
     b = basins.ravel()[voxels]
-    _, b_index = np.unique(b, return_inverse=True)
-    basin_ids = b[np.unique(b_index, return_index=True)[1]] if len(b) else b
+    basin_ids, b_index = np.unique(b, return_inverse=True)
     num_basins = max(len(basin_ids), 1)
     keys, counts = np.unique(f_index * num_basins + b_index, return_counts=True)
     pair_fragment, pair_basin = keys // num_basins, keys % num_basins

@@ -18,6 +18,7 @@ from funlib.geometry import Coordinate, Roi
 
 from blockwise.config import DatasetConfig
 from blockwise.errors import InputError
+from blockwise.geometry import roi_slices
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +107,7 @@ class Volume:
     def _slices(self, roi: Roi) -> tuple[slice, ...]:
         if not self.roi.contains(roi):
             raise InputError(f"ROI {roi} is not inside {self.name} (which covers {self.roi})")
-        begin = (roi.begin - self.roi.begin) / self.voxel_size
-        end = (roi.end - self.roi.begin) / self.voxel_size
-        spatial = tuple(slice(int(b), int(e)) for b, e in zip(begin, end, strict=True))
+        spatial = roi_slices(roi, self.roi, self.voxel_size)
         return spatial if self.num_channels is None else (slice(None), *spatial)
 
     def read(self, roi: Roi) -> np.ndarray:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from funlib.geometry import Coordinate, Roi
+from funlib.geometry import Roi
 
 from blockwise.fragments import fragments_from_affinities
-from blockwise.geometry import BlockGrid
+from blockwise.geometry import BlockGrid, roi_slices
 from blockwise.kernels.relabel import consecutive
 from blockwise.run_context import RunContext
 from blockwise.store import NodeTable
@@ -23,13 +23,6 @@ from blockwise.store import NodeTable
 logger = logging.getLogger(__name__)
 
 NAME = "extract_fragments"
-
-
-def crop_slices(inner: Roi, outer: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:
-    """Slices selecting ``inner`` out of an array covering ``outer``."""
-    begin = (inner.begin - outer.begin) / voxel_size
-    end = (inner.end - outer.begin) / voxel_size
-    return tuple(slice(int(b), int(e)) for b, e in zip(begin, end, strict=True))
 
 
 def fragment_nodes(fragments: np.ndarray, roi: Roi, voxel_size: tuple[int, ...]) -> NodeTable:
@@ -72,7 +65,7 @@ def extract_block(
     """Fragments (global ids) of ``write_roi`` and their nodes; writes nothing."""
     local = flood(ctx, ctx.read_affinities(read_roi), ctx.read_mask(read_roi))
     cropped, _ = consecutive(
-        np.ascontiguousarray(local[crop_slices(write_roi, read_roi, ctx.voxel_size)])
+        np.ascontiguousarray(local[roi_slices(write_roi, read_roi, ctx.voxel_size)])
     )
     id_range = grid.id_range(grid.block_index(write_roi))
     fragments = np.where(cropped != 0, cropped + np.uint64(id_range.first - 1), np.uint64(0))
