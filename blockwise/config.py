@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,6 +38,9 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+M = TypeVar("M", bound=Model)
+
+
 def expand_path(value: str | Path) -> Path:
     """Expand ``$VAR``/``${VAR}`` and ``~`` in a path and make it absolute.
 
@@ -56,6 +59,47 @@ def expand_path(value: str | Path) -> Path:
         return os.environ[name]
 
     return Path(_ENV_PATTERN.sub(substitute, text)).expanduser().resolve()
+
+
+class UNetConfig(Model):
+    """A MALA-style U-Net with valid convolutions (Funke et al. 2018).
+
+    Level 0 works at full resolution; each entry of ``downsample_factors`` adds
+    one coarser level. Every level runs ``num_conv_passes`` valid convolutions
+    (ReLU) on the way down and again on the way up, so input and output shapes,
+    and hence the block context, follow from these numbers alone
+    (:mod:`blockwise.nn.architecture` does the arithmetic without torch).
+
+    ``kind: hybrid`` uses 2D convolutions (kernel ``(1, k, k)``) in the upper
+    ``levels_2d`` levels and 3D ones below, for anisotropic data.
+    """
+
+    kind: Literal["3d", "hybrid"] = "3d"
+    in_channels: int = Field(default=1, ge=1)
+    num_fmaps: int = Field(default=12, ge=1, description="feature maps at level 0")
+    fmap_inc_factor: int = Field(default=5, ge=1, description="feature maps x this per level")
+    downsample_factors: list[PositiveVec3] = Field(
+        default=[(2, 2, 2), (2, 2, 2)],
+        description="max-pooling factor (z, y, x) from each level to the next coarser one; "
+        "(1, 3, 3) for anisotropic data",
+    )
+    kernel_size: PositiveVec3 = Field(default=(3, 3, 3), description="3D convolution kernel")
+    num_conv_passes: int = Field(default=2, ge=1)
+    levels_2d: int = Field(
+        default=0, ge=0, description="hybrid only: upper levels that convolve in 2D (1, k, k)"
+    )
+
+    @model_validator(mode="after")
+    def _hybrid_levels(self) -> UNetConfig:
+        levels = len(self.downsample_factors) + 1
+        if self.kind == "3d" and self.levels_2d != 0:
+            raise ValueError(f"levels_2d is {self.levels_2d} but kind is 3d; use kind: hybrid")
+        if self.kind == "hybrid" and not 1 <= self.levels_2d < levels:
+            raise ValueError(
+                f"a hybrid U-Net with {levels} levels needs 1 <= levels_2d <= {levels - 1} "
+                f"(2D above, 3D below), got {self.levels_2d}"
+            )
+        return self
 
 
 class DatasetConfig(Model):
@@ -283,32 +327,49 @@ def _describe(error: Any) -> str:
     return f"key `{key}`: {error['msg']} (got {received!r})"
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
-    """Validate a config mapping.
+def validate_mapping(data: dict[str, Any], model: type[M], source: str = "<config>") -> M:
+    """Validate a config mapping against ``model``.
 
     Raises:
         ConfigError: naming every offending key, the expected and the received value.
     """
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         problems = "\n  ".join(_describe(err) for err in e.errors())
         raise ConfigError(f"{source}: invalid config:\n  {problems}") from None
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Load and validate a YAML run config.
+def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate a run config mapping (see :func:`validate_mapping`)."""
+    return validate_mapping(data, RunConfig, source)
+
+
+def load(path: str | Path, model: type[M]) -> M:
+    """Load and validate a YAML config file against ``model`` (a run, a training, ...).
 
     Raises:
-        ConfigError: if the file is missing, not YAML, or invalid.
+        ConfigError: if the file is missing, not UTF-8, not YAML, or invalid.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {e.start} is {e.object[e.start]:#04x}); "
+            "save the config as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {data!r}")
-    return parse_config(data, str(path))
+    return validate_mapping(data, model, str(path))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Load and validate a YAML run config (see :func:`load`)."""
+    return load(path, RunConfig)
