@@ -72,6 +72,10 @@ class UNetConfig(Model):
 
     ``kind: hybrid`` uses 2D convolutions (kernel ``(1, k, k)``) in the upper
     ``levels_2d`` levels and 3D ones below, for anisotropic data.
+
+    Kernel sizes must be odd: a valid convolution with an odd kernel trims the
+    same number of voxels on both sides, which keeps skip connections aligned
+    and the block context symmetric.
     """
 
     kind: Literal["3d", "hybrid"] = "3d"
@@ -88,6 +92,16 @@ class UNetConfig(Model):
     levels_2d: int = Field(
         default=0, ge=0, description="hybrid only: upper levels that convolve in 2D (1, k, k)"
     )
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd_kernel(cls, kernel_size: Vec3) -> Vec3:
+        if any(k % 2 == 0 for k in kernel_size):
+            raise ValueError(
+                f"kernel_size must be odd on every axis (a valid convolution then trims "
+                f"the same on both sides), got {list(kernel_size)}"
+            )
+        return kernel_size
 
     @model_validator(mode="after")
     def _hybrid_levels(self) -> UNetConfig:
@@ -122,9 +136,22 @@ class RoiConfig(Model):
 
 
 class InputsConfig(Model):
-    """The volumes a run reads."""
+    """The volumes a run reads.
 
-    affinities: DatasetConfig
+    A run starts either from ``raw`` EM (then the ``predict`` section names the
+    network and the affinities are predict's output) or from ``affinities``
+    that something else predicted. ``raw`` may accompany affinities for
+    viewing only.
+    """
+
+    raw: DatasetConfig | None = Field(
+        default=None, description="raw EM, uint8 (z, y, x); needed when `predict` is configured"
+    )
+    affinities: DatasetConfig | None = Field(
+        default=None,
+        description="affinities (channels, z, y, x) predicted elsewhere; omit when `predict` "
+        "is configured",
+    )
     offsets: list[Vec3] = Field(
         default=[(-1, 0, 0), (0, -1, 0), (0, 0, -1)],
         description="one offset per affinity channel, in voxels; the affinity at v links v "
@@ -148,6 +175,42 @@ class InputsConfig(Model):
                 f"got {offsets[:3]}"
             )
         return offsets
+
+
+class PredictConfig(Model):
+    """Affinities from raw EM with a trained U-Net, block by block.
+
+    A block is ``tiles_per_block`` network outputs; its read ROI is the write
+    ROI plus the network context (which follows from ``unet``). The affinity
+    array's chunks are one network output, so blocks and batches write whole
+    chunks. ``padding`` says what the network sees outside the raw volume:
+    ``reflect`` (mirror at the faces, the face voxel not repeated) or ``zero``
+    (raw value 0); with ``none`` the processed region is the raw volume shrunk
+    by the context (and cut to whole tiles), so no padding is ever needed.
+    """
+
+    checkpoint: Path = Field(description="a checkpoint written by `blockwise train`")
+    unet: UNetConfig = Field(description="the architecture; must match the checkpoint's")
+    input_shape_vx: PositiveVec3 = Field(description="network input per tile (voxels)")
+    tiles_per_block: PositiveVec3 = (1, 1, 1)
+    batch_size: int = Field(default=1, ge=1)
+    device: Literal["cuda", "cpu"] = Field(
+        default="cuda", description="cuda fails clearly without a GPU; cpu runs on the CPU"
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = Field(default=False, description="torch.compile the network once per worker")
+    padding: Literal["reflect", "zero", "none"] = "reflect"
+    num_workers: int | None = Field(
+        default=None, ge=1, description="workers for this stage (default execution.num_workers)"
+    )
+    threads_per_worker: int | None = Field(
+        default=None, ge=1, description="CPU threads torch may use in one worker (default: torch's)"
+    )
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return expand_path(value) if isinstance(value, str | Path) else value
 
 
 class ExtractFragmentsConfig(Model):
@@ -255,6 +318,7 @@ class RunConfig(Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     run_dir: Path
     inputs: InputsConfig
+    predict: PredictConfig | None = None
     output: OutputConfig = OutputConfig()
     extract_fragments: ExtractFragmentsConfig = ExtractFragmentsConfig()
     agglomerate: AgglomerateConfig = AgglomerateConfig()
@@ -270,6 +334,20 @@ class RunConfig(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if self.predict is not None and self.inputs.raw is None:
+            raise ValueError(
+                "`predict` is configured but `inputs.raw` is not; predict needs raw EM"
+            )
+        if self.predict is not None and self.inputs.affinities is not None:
+            raise ValueError(
+                "both `predict` and `inputs.affinities` are configured; affinities are either "
+                "an input or predict's output, not both"
+            )
+        if self.predict is None and self.inputs.affinities is None:
+            raise ValueError(
+                "neither `inputs.affinities` nor `predict` (with `inputs.raw`) is configured; "
+                "a run needs affinities from one of them"
+            )
         block = self.extract_fragments.block_shape_vx
         chunk = self.output.chunk_shape_vx
         if any(b % c for b, c in zip(block, chunk, strict=True)):
@@ -297,17 +375,24 @@ class RunConfig(Model):
         """The graph store URI, defaulting to an SQLite file in the run directory."""
         return self.store.uri or f"sqlite:///{self.run_dir / 'graph.sqlite'}"
 
-    def stage_hash(self, *sections: str) -> str:
-        """A short hash of the named config sections and the inputs.
+    def stage_hash(self, *sections: str, extra: dict[str, str] | None = None) -> str:
+        """A short hash of the named config sections, the inputs and ``extra``.
 
         Done markers are keyed by it, so that a changed parameter never reuses
-        blocks computed with the old one.
+        blocks computed with the old one. ``extra`` carries identities that are
+        not config values (for example a checkpoint's content hash).
         """
         from blockwise import __version__
 
-        payload = {"version": __version__, "inputs": self.inputs.model_dump(mode="json")}
+        payload: dict[str, Any] = {
+            "version": __version__,
+            "inputs": self.inputs.model_dump(mode="json"),
+        }
         for section in sections:
-            payload[section] = getattr(self, section).model_dump(mode="json")
+            value = getattr(self, section)
+            payload[section] = None if value is None else value.model_dump(mode="json")
+        if extra:
+            payload["extra"] = dict(sorted(extra.items()))
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -1,35 +1,79 @@
 """Running one block of a stage, recording its failure (ROI + traceback) or success.
 
 Shared by the worker program (``workers/block_worker.py``) and the in-process
-mode, so that a failed block is reported the same way whatever ran it.
+mode, so that a block is cut, indexed and reported the same way whatever ran
+it. :class:`StageWorker` enters a stage's per-worker setup at the first block
+(a downstream stage's tables may not exist before its first block is ready).
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
+from contextlib import ExitStack
 
 from funlib.geometry import Roi
 
-from blockwise import failures, stages
+from blockwise import failures
 from blockwise.run_context import RunContext
+from blockwise.stage import BlockFunction, Stage, Tiling
 
 logger = logging.getLogger(__name__)
 
 
-def run_block(ctx: RunContext, stage: str, read_roi: Roi, write_roi: Roi) -> None:
-    """Process one block; on failure, record it and re-raise.
+class StageWorker:
+    """Processes blocks of one stage in this process, setting the stage up once.
 
-    Raises:
-        Exception: whatever the stage raised, after it was recorded.
+    Args:
+        ctx: the run, opened in this process.
+        stage: the stage whose blocks arrive.
     """
-    index = stages.block_index(ctx, stage, write_roi)
-    try:
-        stages.process(ctx, stage, read_roi, write_roi)
-    except Exception as e:
-        failures.record_failure(
-            ctx.run_dir, stage, index, read_roi, write_roi, e, traceback.format_exc()
-        )
-        logger.error("%s block %d (write ROI %s) failed: %s", stage, index, write_roi, e)
-        raise
-    failures.clear_failure(ctx.run_dir, stage, index)
+
+    def __init__(self, ctx: RunContext, stage: Stage) -> None:
+        self.ctx = ctx
+        self.stage = stage
+        self._tiling: Tiling | None = None
+        self._function: BlockFunction | None = None
+        self._exit = ExitStack()
+
+    @property
+    def tiling(self) -> Tiling:
+        """The stage's tiling, computed once."""
+        if self._tiling is None:
+            self._tiling = self.stage.tiling(self.ctx)
+        return self._tiling
+
+    def process(self, read_roi: Roi, write_roi: Roi) -> None:
+        """Process the block daisy handed out; on failure, record it and re-raise.
+
+        Raises:
+            Exception: whatever the stage raised, after it was recorded.
+        """
+        block = self.tiling.block(self.stage.name, read_roi, write_roi)
+        try:
+            if self._function is None:
+                self._function = self._exit.enter_context(self.stage.setup(self.ctx))
+            self._function(block)
+        except Exception as e:
+            failures.record_failure(
+                self.ctx.run_dir,
+                self.stage.name,
+                block.index,
+                block.read_roi,
+                block.write_roi,
+                e,
+                traceback.format_exc(),
+            )
+            logger.error(
+                "%s block %d (write ROI %s) failed: %s",
+                self.stage.name,
+                block.index,
+                block.write_roi,
+                e,
+            )
+            raise
+        failures.clear_failure(self.ctx.run_dir, self.stage.name, block.index)
+
+    def close(self) -> None:
+        """Leave the stage's setup (close models, tables, stores it opened)."""
+        self._exit.close()

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from blockwise.config import ExtractFragmentsConfig
 from blockwise.kernels.distance import distance_transform
 from blockwise.kernels.relabel import first_occurrences, relabel
 from blockwise.kernels.watershed import seeded_watershed
@@ -318,3 +319,26 @@ def _check_inputs(
             raise ValueError(
                 f"mask must have the spatial shape of affs {affs.shape[1:]}, received {mask.shape}"
             )
+
+
+def fragments_for_config(
+    affs: NDArray[np.float32],
+    voxel_size: Sequence[int],
+    params: ExtractFragmentsConfig,
+    mask: NDArray[np.bool_] | None,
+) -> NDArray[np.uint64]:
+    """:func:`fragments_from_affinities` with a run's ``extract_fragments`` parameters.
+
+    Returns the fragments (local ids 1..n). extract_fragments and the cut-basin
+    detection of agglomerate both call this, so both flood exactly alike.
+    """
+    fragments, _ = fragments_from_affinities(
+        affs,
+        (voxel_size[0], voxel_size[1], voxel_size[2]),
+        boundary_threshold=params.boundary_threshold,
+        min_seed_distance_nm=params.min_seed_distance_nm,
+        seeds_per_section=params.seeds_per_section,
+        min_fragment_size_vx=params.min_fragment_size_vx,
+        mask=mask,
+    )
+    return fragments

@@ -1,9 +1,10 @@
-"""The block grid of a run and the fragment ids it hands out.
+"""Block grids (how a stage tiles the data) and the fragment ids a grid hands out.
 
 Blocks tile the data ROI with a fixed write shape (border blocks are cut to
-the data). A block's fragments get ids ``block_index * voxels_per_block + k``
-for ``k = 1 .. voxels_per_block``, so no two blocks can ever produce the same
-id and no coordination is needed; 0 is background.
+the data). :class:`FragmentIds` allocates ids over the extract_fragments grid:
+a block's fragments get ids ``block_index * voxels_per_block + k`` for
+``k = 1 .. voxels_per_block``, so no two blocks can ever produce the same id
+and no coordination is needed; 0 is background.
 """
 
 from __future__ import annotations
@@ -49,12 +50,6 @@ class BlockGrid:
             raise ConfigError(
                 f"ROI {self.data_roi} is not a whole number of voxels of size {self.voxel_size}"
             )
-        if self.max_fragment_id > UINT64_MAX:
-            raise ConfigError(
-                f"{self.num_blocks} blocks of {self.voxels_per_block} voxels need fragment ids "
-                f"up to {self.max_fragment_id}, which does not fit uint64; use fewer, or "
-                "smaller, blocks"
-            )
 
     @property
     def block_shape_nm(self) -> Coordinate:
@@ -74,13 +69,8 @@ class BlockGrid:
 
     @property
     def voxels_per_block(self) -> int:
-        """Voxels of a full block: the number of ids each block owns."""
+        """Voxels of a full block."""
         return int(np.prod(list(self.block_shape_vx), dtype=object))
-
-    @property
-    def max_fragment_id(self) -> int:
-        """The largest id any block may hand out."""
-        return self.num_blocks * self.voxels_per_block
 
     def grid_position(self, write_roi: Roi) -> Coordinate:
         """Position of the block writing ``write_roi`` in the grid."""
@@ -95,16 +85,6 @@ class BlockGrid:
         grid = self.grid_shape
         return int((position[0] * grid[1] + position[1]) * grid[2] + position[2])
 
-    def id_range(self, block_index: int) -> IdRange:
-        """The fragment ids block ``block_index`` owns."""
-        first = block_index * self.voxels_per_block + 1
-        return IdRange(first, first + self.voxels_per_block - 1)
-
-    def block_of_id(self, fragment_ids: np.ndarray) -> np.ndarray:
-        """Index of the block owning each (non-zero) fragment id."""
-        ids = np.asarray(fragment_ids, dtype=np.uint64)
-        return ((ids - np.uint64(1)) // np.uint64(self.voxels_per_block)).astype(np.int64)
-
     def write_roi(self, block_index: int) -> Roi:
         """The write ROI of block ``block_index``, cut to the data ROI."""
         grid = self.grid_shape
@@ -117,6 +97,40 @@ class BlockGrid:
         """Every block's write ROI, in index order."""
         for index in range(self.num_blocks):
             yield self.write_roi(index)
+
+
+@dataclass(frozen=True)
+class FragmentIds:
+    """The fragment ids each block of ``grid`` may hand out (the extract_fragments grid).
+
+    Attributes:
+        grid: the grid whose blocks make fragments.
+    """
+
+    grid: BlockGrid
+
+    def __post_init__(self) -> None:
+        if self.max_fragment_id > UINT64_MAX:
+            raise ConfigError(
+                f"{self.grid.num_blocks} blocks of {self.grid.voxels_per_block} voxels need "
+                f"fragment ids up to {self.max_fragment_id}, which does not fit uint64; use "
+                "fewer, or smaller, blocks"
+            )
+
+    @property
+    def max_fragment_id(self) -> int:
+        """The largest id any block may hand out."""
+        return self.grid.num_blocks * self.grid.voxels_per_block
+
+    def id_range(self, block_index: int) -> IdRange:
+        """The fragment ids block ``block_index`` owns."""
+        first = block_index * self.grid.voxels_per_block + 1
+        return IdRange(first, first + self.grid.voxels_per_block - 1)
+
+    def block_of_id(self, fragment_ids: np.ndarray) -> np.ndarray:
+        """Index of the block owning each (non-zero) fragment id."""
+        ids = np.asarray(fragment_ids, dtype=np.uint64)
+        return ((ids - np.uint64(1)) // np.uint64(self.grid.voxels_per_block)).astype(np.int64)
 
 
 def roi_slices(inner: Roi, outer: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:

@@ -5,46 +5,41 @@ from __future__ import annotations
 from blockwise.config import RunConfig
 from blockwise.geometry import voxels
 from blockwise.runner import validate
-from blockwise.tasks import stage_names
-
-# bytes per voxel held while a block runs (affinities float32 x3, fragments,
-# surface, distance transform, labels, a heap entry): a rough upper bound
-_BYTES_PER_VOXEL = {"extract_fragments": 64, "agglomerate": 40, "relabel": 24}
 
 
 def describe_plan(config: RunConfig) -> str:
-    """A text description of the run's blocks, ids and memory; validates everything."""
-    ctx = validate(config)
-    grid = ctx.grid
+    """A text description of the run's stages, blocks, ids and memory; validates everything."""
+    ctx, stages = validate(config)
     vs = ctx.voxel_size
-    lines = [
-        f"run {config.name} -> {config.run_dir}",
-        f"affinities {ctx.affinities.name}: {ctx.affinities.num_channels} channels, "
-        f"dtype {ctx.affinities.dtype}, voxel size {list(vs)} nm",
+    source = ctx.source
+    lines = [f"run {config.name} -> {config.run_dir}"]
+    if ctx.predicts and ctx.raw is not None:
+        lines.append(f"raw {ctx.raw.name}: dtype {ctx.raw.dtype}, voxel size {list(vs)} nm")
+    else:
+        lines.append(
+            f"affinities {source.name}: {source.num_channels} channels, "
+            f"dtype {source.dtype}, voxel size {list(vs)} nm"
+        )
+    lines += [
         f"data ROI {ctx.data_roi} ({voxels(ctx.data_roi, vs) / 1e6:.1f} MVox)",
-        f"block grid {list(grid.grid_shape)} = {grid.num_blocks} blocks of "
-        f"{list(grid.block_shape_vx)} voxels; chunks {list(config.output.chunk_shape_vx)} "
-        "divide the block shape: ok",
-        f"fragment ids up to {grid.max_fragment_id} (fits uint64: ok)",
-        f"graph store {config.store_uri}",
+        f"fragment ids up to {ctx.fragment_ids.max_fragment_id} (fits uint64: ok) over "
+        f"{ctx.grid.num_blocks} extract_fragments blocks",
+        f"graph store {config.store.uri or ctx.layout.default_store_uri}",
     ]
-    for name in stage_names(ctx):
-        if name in _BYTES_PER_VOXEL:
-            context = (
-                config.extract_fragments.context_vx
-                if name == "extract_fragments"
-                else config.agglomerate.context_vx
-                if name == "agglomerate"
-                else (0, 0, 0)
-            )
-            read_vx = 1
-            for b, c in zip(grid.block_shape_vx, context, strict=True):
-                read_vx *= b + 2 * c
-            memory = read_vx * _BYTES_PER_VOXEL[name] / 2**20
-            lines.append(
-                f"  {name}: {grid.num_blocks} blocks, context {list(context)} vx, "
-                f"~{memory:.0f} MiB per block"
-            )
-        else:
-            lines.append(f"  {name}: 1 block over the whole volume")
+    if config.predict is not None:
+        from blockwise.nn.architecture import describe
+
+        lines.append(describe(config.predict.unet, config.predict.input_shape_vx))
+    for stage, tiling in stages:
+        if tiling.is_whole:
+            lines.append(f"  {stage.name}: 1 block over {tiling.data_roi}")
+            continue
+        grid = tiling.grid
+        assert grid is not None  # a block-wise tiling has a grid
+        memory = tiling.read_voxels_per_block() * stage.bytes_per_voxel / 2**20
+        lines.append(
+            f"  {stage.name}: {grid.num_blocks} blocks ({list(grid.grid_shape)}) of "
+            f"{list(grid.block_shape_vx)} vx, context {list(tiling.context_vx)} vx, "
+            f"~{memory:.0f} MiB per block"
+        )
     return "\n".join(lines)

@@ -1,9 +1,15 @@
-"""Everything a stage needs to process blocks of one run, opened once per worker.
+"""What a run reads and writes, opened once per process.
 
-A :class:`RunContext` holds the validated config, the input volumes, the
-output arrays, the block grid and the graph store. The driver builds one to
-validate the run before any block starts; every worker builds its own from the
-run's resolved config file (open handles never travel between processes).
+A :class:`RunContext` holds the validated config, the run's :class:`RunLayout`,
+the input volumes (raw, or affinities predicted elsewhere; mask; ground
+truth), the output arrays and the graph store. The driver builds one to
+validate the run before any block starts; every worker builds its own from
+the run's resolved config file (open handles never travel between processes).
+
+Affinities are either an input (``inputs.affinities``) or predict's output
+(``output.zarr/affinities``); the data ROI follows from whichever is
+declared: the affinities' ROI, or the raw ROI (shrunk by the network context
+when ``predict.padding`` is ``none``), cut to ``inputs.roi``.
 """
 
 from __future__ import annotations
@@ -11,14 +17,14 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from blockwise.config import RunConfig, load_config
 from blockwise.errors import ConfigError, InputError
-from blockwise.geometry import BlockGrid
+from blockwise.geometry import BlockGrid, FragmentIds
+from blockwise.layout import AFFINITIES_DATASET, FRAGMENTS_DATASET, RunLayout
 from blockwise.store import GraphStore, open_store
 from blockwise.volume import Volume, create_zarr_volume, open_volume
 
@@ -26,13 +32,6 @@ logger = logging.getLogger(__name__)
 
 AFFINITY_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
 LABEL_DTYPES_KINDS = "iu"
-OUTPUT_ZARR = "output.zarr"
-FRAGMENTS_DATASET = "fragments"
-
-
-def threshold_name(threshold: float) -> str:
-    """The dataset/file name used for one segmentation threshold."""
-    return f"threshold_{threshold:.4f}"
 
 
 class RunContext:
@@ -44,9 +43,9 @@ class RunContext:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
+        self.layout = RunLayout(config.run_dir)
         self.run_dir = config.run_dir
-        # per-worker memo of things loaded once and reused by many blocks
-        self.cache: dict[str, object] = {}
+        self._segmentations: dict[float, Volume] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> RunContext:
@@ -56,8 +55,33 @@ class RunContext:
     # -- inputs -----------------------------------------------------------
 
     @cached_property
+    def raw(self) -> Volume | None:
+        """The raw EM volume (z, y, x), uint8, if configured."""
+        if self.config.inputs.raw is None:
+            return None
+        volume = open_volume(self.config.inputs.raw, self.config.inputs.voxel_size)
+        if volume.num_channels is not None:
+            raise InputError(
+                f"raw {volume.name} has shape {volume.array.shape}; expected 3 dimensions "
+                "(z, y, x) without a channel axis"
+            )
+        if volume.dtype != np.uint8:
+            raise InputError(
+                f"raw {volume.name} has dtype {volume.dtype}; expected uint8 (8-bit EM)"
+            )
+        return volume
+
+    @property
+    def predicts(self) -> bool:
+        """Whether affinities are predicted by this run (from raw)."""
+        return self.config.predict is not None
+
+    @cached_property
     def affinities(self) -> Volume:
-        """The affinity volume, (channels, z, y, x)."""
+        """The affinity volume, (channels, z, y, x): the input, or predict's output."""
+        if self.config.predict is not None:
+            return self.predicted_affinities
+        assert self.config.inputs.affinities is not None  # the config validator ensures it
         volume = open_volume(self.config.inputs.affinities, self.config.inputs.voxel_size)
         expected = len(self.config.inputs.offsets)
         if volume.num_channels != expected:
@@ -78,14 +102,33 @@ class RunContext:
         return volume
 
     @property
+    def source(self) -> Volume:
+        """The declared input that fixes the voxel size and extent: raw or affinities."""
+        if self.config.predict is not None:
+            assert self.raw is not None  # the config validator ensures it
+            return self.raw
+        return self.affinities
+
+    @property
     def voxel_size(self) -> Coordinate:
         """nm per voxel (z, y, x)."""
-        return self.affinities.voxel_size
+        return self.source.voxel_size
+
+    @cached_property
+    def network(self) -> NetworkGeometry | None:
+        """The predict network's shapes (None without predict)."""
+        if self.config.predict is None:
+            return None
+        return NetworkGeometry.of(self.config)
 
     @cached_property
     def data_roi(self) -> Roi:
-        """The region processed: the affinities' ROI, cut to the configured ROI."""
-        roi = self.affinities.roi
+        """The region processed, in nm (see the module docstring)."""
+        roi = self.source.roi
+        network = self.network
+        predict = self.config.predict
+        if network is not None and predict is not None and predict.padding == "none":
+            roi = network.unpadded_roi(roi, self.voxel_size)
         if self.config.inputs.roi is not None:
             wanted = Roi(self.config.inputs.roi.offset_nm, self.config.inputs.roi.shape_nm)
             vs = list(self.voxel_size)
@@ -95,15 +138,15 @@ class RunContext:
                 )
             if not roi.contains(wanted):
                 raise ConfigError(
-                    f"inputs.roi {wanted} is not inside the affinities "
-                    f"{self.affinities.name}, which cover {roi}"
+                    f"inputs.roi {wanted} is not inside {self.source.name}'s processable "
+                    f"region {roi}"
                 )
             roi = wanted
         block_nm = Coordinate(self.config.extract_fragments.block_shape_vx) * self.voxel_size
         if any(s < b for s, b in zip(roi.shape, block_nm, strict=True)):
             raise InputError(
                 f"the volume to process ({roi.shape / self.voxel_size} voxels of "
-                f"{self.affinities.name}) is smaller than one block "
+                f"{self.source.name}) is smaller than one block "
                 f"({list(self.config.extract_fragments.block_shape_vx)} voxels); "
                 "reduce extract_fragments.block_shape_vx"
             )
@@ -111,10 +154,15 @@ class RunContext:
 
     @cached_property
     def grid(self) -> BlockGrid:
-        """The write-block grid shared by every block-wise stage."""
+        """The extract_fragments write grid (also relabel's)."""
         return BlockGrid(
             self.data_roi, self.voxel_size, Coordinate(self.config.extract_fragments.block_shape_vx)
         )
+
+    @cached_property
+    def fragment_ids(self) -> FragmentIds:
+        """The id allocator: which ids each extract_fragments block may hand out."""
+        return FragmentIds(self.grid)
 
     @cached_property
     def mask(self) -> Volume | None:
@@ -145,8 +193,8 @@ class RunContext:
             )
         if volume.voxel_size != self.voxel_size:
             raise InputError(
-                f"{what} {volume.name} has voxel size {volume.voxel_size}, the affinities "
-                f"{self.voxel_size}; they must match"
+                f"{what} {volume.name} has voxel size {volume.voxel_size}, the "
+                f"{'raw' if self.predicts else 'affinities'} {self.voxel_size}; they must match"
             )
 
     def read_affinities(self, roi: Roi) -> np.ndarray:
@@ -178,8 +226,24 @@ class RunContext:
 
     @property
     def output_path(self) -> Path:
-        """The run's zarr container (fragments and segmentations)."""
-        return self.run_dir / OUTPUT_ZARR
+        """The run's zarr container (affinities, fragments, segmentations)."""
+        return self.layout.output_zarr
+
+    @cached_property
+    def predicted_affinities(self) -> Volume:
+        """predict's output, uint8 (value/255), one chunk per network output; created once."""
+        network = self.network
+        if network is None:
+            raise ConfigError("this run predicts nothing (no `predict` section)")
+        return create_zarr_volume(
+            self.output_path,
+            AFFINITIES_DATASET,
+            self.data_roi,
+            self.voxel_size,
+            np.uint8,
+            network.output_shape_vx,
+            num_channels=len(self.config.inputs.offsets),
+        )
 
     @cached_property
     def fragments(self) -> Volume:
@@ -195,36 +259,27 @@ class RunContext:
 
     def segmentation(self, threshold: float) -> Volume:
         """The segmentation array (uint64) for one threshold, created or opened once."""
-        key = f"segmentation:{threshold}"
-        if key not in self.cache:
-            self.cache[key] = self._open_segmentation(threshold)
-        return cast(Volume, self.cache[key])
-
-    def _open_segmentation(self, threshold: float) -> Volume:
-        return create_zarr_volume(
-            self.output_path,
-            f"segmentation/{threshold_name(threshold)}",
-            self.data_roi,
-            self.voxel_size,
-            np.uint64,
-            self.config.output.chunk_shape_vx,
-        )
-
-    @property
-    def lut_dir(self) -> Path:
-        """Where find_segments puts its fragment -> segment tables."""
-        return self.run_dir / "luts"
+        if threshold not in self._segmentations:
+            self._segmentations[threshold] = create_zarr_volume(
+                self.output_path,
+                self.layout.segmentation_dataset(threshold),
+                self.data_roi,
+                self.voxel_size,
+                np.uint64,
+                self.config.output.chunk_shape_vx,
+            )
+        return self._segmentations[threshold]
 
     def lut_path(self, threshold: float) -> Path:
         """The lookup table file of one threshold."""
-        return self.lut_dir / f"{threshold_name(threshold)}.npz"
+        return self.layout.lut_path(threshold)
 
     @cached_property
     def store(self) -> GraphStore:
         """The graph store, opened on first use."""
         cfg = self.config.store
         return open_store(
-            self.config.store_uri,
+            self.config.store.uri or self.layout.default_store_uri,
             cfg.retry_attempts,
             cfg.retry_first_backoff_s,
             cfg.server_timeout_s,
@@ -235,3 +290,59 @@ class RunContext:
         if "store" in self.__dict__:
             self.store.close()
             del self.__dict__["store"]
+
+
+class NetworkGeometry:
+    """The predict network's tile shapes in voxels (arithmetic only; no torch).
+
+    Attributes:
+        input_shape_vx: network input per tile.
+        output_shape_vx: network output per tile.
+        context_vx: (input - output) / 2 per side.
+    """
+
+    def __init__(
+        self,
+        input_shape_vx: Coordinate,
+        output_shape_vx: Coordinate,
+        context_vx: Coordinate,
+        tiles_per_block: Coordinate,
+    ) -> None:
+        self.input_shape_vx = input_shape_vx
+        self.output_shape_vx = output_shape_vx
+        self.context_vx = context_vx
+        self.tiles_per_block = tiles_per_block
+
+    @classmethod
+    def of(cls, config: RunConfig) -> NetworkGeometry:
+        """The geometry of a run's ``predict`` network.
+
+        Raises:
+            ConfigError: if the input shape is not valid for the architecture.
+        """
+        from blockwise.nn.architecture import output_shape
+
+        predict = config.predict
+        if predict is None:
+            raise ConfigError("this run predicts nothing (no `predict` section)")
+        out = Coordinate(output_shape(predict.unet, predict.input_shape_vx))
+        inp = Coordinate(predict.input_shape_vx)
+        return cls(inp, out, (inp - out) / 2, Coordinate(predict.tiles_per_block))
+
+    @property
+    def block_shape_vx(self) -> Coordinate:
+        """A predict block's write shape: whole network outputs."""
+        return self.output_shape_vx * self.tiles_per_block
+
+    def unpadded_roi(self, raw_roi: Roi, voxel_size: Coordinate) -> Roi:
+        """The part of ``raw_roi`` predictable without padding, in whole network outputs."""
+        inner = raw_roi.grow(-self.context_vx * voxel_size, -self.context_vx * voxel_size)
+        tile_nm = self.output_shape_vx * voxel_size
+        if inner.empty or any(s < t for s, t in zip(inner.shape, tile_nm, strict=True)):
+            raise InputError(
+                f"raw covering {raw_roi} is too small for the network without padding: it "
+                f"needs at least {list(self.input_shape_vx)} voxels; set predict.padding to "
+                "reflect or zero"
+            )
+        shape = Coordinate(s // t * t for s, t in zip(inner.shape, tile_nm, strict=True))
+        return Roi(inner.offset, shape)

@@ -22,12 +22,12 @@ from blockwise.failures import BlockFailure
 from blockwise.geometry import voxels
 from blockwise.progress import StageProgress, StageSummary, format_summary
 from blockwise.run_context import RunContext
-from blockwise.stages.evaluate import evaluation_roi
-from blockwise.tasks import STAGE_SECTIONS, build_pipeline
+from blockwise.stage import Stage, Tiling
+from blockwise.stages import active_stages, stage_hash
+from blockwise.tasks import build_pipeline
 
 logger = logging.getLogger(__name__)
 
-RESOLVED_CONFIG = "config.yaml"
 RUN_NAME_KEY = "run_name"
 CONFIG_HASH_KEY = "config_hash"
 
@@ -65,17 +65,22 @@ class RunResult:
         return text
 
 
-def validate(config: RunConfig) -> RunContext:
+def validate(config: RunConfig) -> tuple[RunContext, list[tuple[Stage, Tiling]]]:
     """Open every input and check the run can work, writing nothing.
 
+    Returns:
+        the run context and each active stage with its tiling.
+
     Raises:
-        ConfigError, InputError: naming what is wrong.
+        ConfigError, InputError, CheckpointError: naming what is wrong.
     """
     ctx = RunContext(config)
-    _ = ctx.affinities, ctx.data_roi, ctx.grid, ctx.mask
-    if config.evaluate.enabled and config.inputs.ground_truth is not None:
-        evaluation_roi(ctx)
-    return ctx
+    _ = ctx.source, ctx.data_roi, ctx.fragment_ids, ctx.mask, ctx.ground_truth
+    stages = []
+    for stage in active_stages(config):
+        stage.check(ctx)
+        stages.append((stage, stage.tiling(ctx)))
+    return ctx, stages
 
 
 def claim_store(ctx: RunContext, adopt: bool = False) -> None:
@@ -89,7 +94,7 @@ def claim_store(ctx: RunContext, adopt: bool = False) -> None:
     store = ctx.store
     owner = store.get_meta(RUN_NAME_KEY)
     written_by = store.get_meta(CONFIG_HASH_KEY)
-    config_hash = config.stage_hash(*STAGE_SECTIONS["evaluate"])
+    config_hash = stage_hash(config, active_stages(config)[-1].name)
     if owner is not None and owner != config.name and not adopt:
         raise StoreError(
             f"graph store {store.uri} holds the graph of run {owner!r} (config hash "
@@ -107,32 +112,29 @@ def claim_store(ctx: RunContext, adopt: bool = False) -> None:
     store.set_meta(CONFIG_HASH_KEY, config_hash)
 
 
-def prepare(config: RunConfig, adopt_store: bool = False) -> tuple[RunContext, Path]:
+def prepare(
+    config: RunConfig, adopt_store: bool = False
+) -> tuple[RunContext, list[tuple[Stage, Tiling]]]:
     """Validate, then create the run directory, outputs and store.
 
     Returns:
-        the run context and the path of the resolved config workers read.
+        the run context and each active stage with its tiling.
 
     Raises:
         StoreError: if the store holds another run's graph (see :func:`claim_store`).
     """
-    ctx = validate(config)
+    ctx, stages = validate(config)
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = config.run_dir / RESOLVED_CONFIG
-    config.dump(config_path)
+    config.dump(ctx.layout.config_path)
+    if ctx.predicts:
+        _ = ctx.predicted_affinities
     _ = ctx.fragments
     for threshold in config.segments.thresholds:
         ctx.segmentation(threshold)
     claim_store(ctx, adopt_store)
     ctx.close()
     failures.clear_all(config.run_dir)
-    return ctx, config_path
-
-
-def _stage_voxels(ctx: RunContext, name: str) -> float:
-    if name == "evaluate":
-        return voxels(evaluation_roi(ctx), ctx.voxel_size) / 1e6
-    return voxels(ctx.data_roi, ctx.voxel_size) / 1e6
+    return ctx, stages
 
 
 def run(
@@ -151,24 +153,32 @@ def run(
         adopt_store: accept a graph store written by a run of another name.
     """
     start = time.monotonic()
-    ctx, config_path = prepare(config, adopt_store)
-    daisy_logging.set_log_basedir(str(config.run_dir / "logs"))
-    pipeline, names = build_pipeline(ctx, config_path, multiprocessing)
-    observer = StageProgress(names, enabled=progress)
-    states = daisy.run_blockwise(
-        pipeline,
-        multiprocessing=multiprocessing,
-        progress=observer,
-        return_states=True,
-        host="127.0.0.1",
-        summary=False,
+    ctx, stages = prepare(config, adopt_store)
+    daisy_logging.set_log_basedir(str(ctx.layout.logs_dir))
+    pipeline, in_process = build_pipeline(
+        ctx, [s for s, _ in stages], ctx.layout.config_path, multiprocessing
     )
-    stages = []
+    names = [s.name for s, _ in stages]
+    observer = StageProgress(names, enabled=progress)
+    try:
+        states = daisy.run_blockwise(
+            pipeline,
+            multiprocessing=multiprocessing,
+            progress=observer,
+            return_states=True,
+            host="127.0.0.1",
+            summary=False,
+        )
+    finally:
+        for worker in in_process:
+            worker.close()
+    summaries = []
     messages = []
-    for name in names:
+    for stage, tiling in stages:
+        name = stage.name
         state = states[name]
         skipped = int(state.skipped_count)
-        stages.append(
+        summaries.append(
             StageSummary(
                 name=name,
                 total=int(state.total_block_count),
@@ -176,13 +186,13 @@ def run(
                 skipped=skipped,
                 failed=int(state.failed_count) + int(state.orphaned_count),
                 wall_s=observer.timings[name].wall_s,
-                megavoxels=_stage_voxels(ctx, name),
+                megavoxels=voxels(tiling.data_roi, tiling.voxel_size) / 1e6,
             )
         )
         if state.abandoned:
             messages.append(f"{name} was abandoned: {state.abandon_reason}")
     result = RunResult(
-        stages,
+        summaries,
         failures.read_failures(config.run_dir),
         time.monotonic() - start,
         config.run_dir,

@@ -16,7 +16,8 @@ import numpy as np
 from blockwise.config import RunConfig
 from blockwise.failures import read_failures
 from blockwise.run_context import RunContext
-from blockwise.tasks import stage_names, tracking_path
+from blockwise.stages import active_stages
+from blockwise.tasks import tracking_path
 
 
 def blocks_done(tracking_dir: Path) -> int:
@@ -47,17 +48,10 @@ def describe_status(config: RunConfig) -> str:
     if not config.run_dir.exists():
         lines.append("not started (no run directory)")
         return "\n".join(lines)
-    totals = {
-        "extract_fragments": ctx.grid.num_blocks,
-        "agglomerate": ctx.grid.num_blocks,
-        "find_segments": 1,
-        "relabel": ctx.grid.num_blocks,
-        "evaluate": 1,
-    }
     lines.append(f"{'stage':<18}{'blocks':>8}{'done':>8}")
-    for name in stage_names(ctx):
-        done = blocks_done(tracking_path(ctx, name))
-        lines.append(f"{name:<18}{totals[name]:>8}{done:>8}")
+    for stage in active_stages(config):
+        done = blocks_done(tracking_path(ctx, stage.name))
+        lines.append(f"{stage.name:<18}{stage.tiling(ctx).num_blocks:>8}{done:>8}")
     store = ctx.store
     lines.append(
         f"graph store {store.uri}: {store.count_nodes()} nodes, {store.count_edges()} edges"

@@ -1,10 +1,10 @@
-"""The only module that builds daisy tasks: one per stage, chained into a pipeline.
+"""The only module that builds daisy tasks: one per active stage, chained into a pipeline.
 
-Block-wise stages share one write grid (``extract_fragments.block_shape_vx``)
-and differ in context; whole-volume stages are one block covering the data.
-daisy derives block dependencies from the ROIs: an agglomerate block waits for
-the fragment blocks its read ROI touches, find_segments for every agglomerate
-block, and so on.
+Every stage's tiling comes from its :class:`~blockwise.stage.Stage`: block-wise
+stages tile the data ROI with their own block shape and context, whole-volume
+stages are one block covering their region. daisy derives block dependencies
+from the ROIs: an agglomerate block waits for the fragment blocks its read ROI
+touches, an extract_fragments block for the predict blocks it reads, and so on.
 """
 
 from __future__ import annotations
@@ -21,20 +21,13 @@ from typing import Any
 import daisy.v2 as daisy
 from funlib.geometry import Coordinate, Roi
 
-from blockwise.execution import run_block
+from blockwise.execution import StageWorker
 from blockwise.run_context import RunContext
+from blockwise.stage import Stage
+from blockwise.stages import stage_hash
 
 logger = logging.getLogger(__name__)
 
-# config sections whose change invalidates a stage's finished blocks (cumulative:
-# a stage is stale when anything upstream of it changed)
-STAGE_SECTIONS = {
-    "extract_fragments": ("extract_fragments", "output"),
-    "agglomerate": ("extract_fragments", "output", "agglomerate", "segments"),
-    "find_segments": ("extract_fragments", "output", "agglomerate", "segments"),
-    "relabel": ("extract_fragments", "output", "agglomerate", "segments"),
-    "evaluate": ("extract_fragments", "output", "agglomerate", "segments", "evaluate"),
-}
 WORKER_MODULE = "blockwise_workers.block_worker"
 
 
@@ -44,20 +37,25 @@ class LocalWorker:
 
     The program is the same one a cluster node runs: it reads the run config,
     connects to the scheduler named by ``DAISY_CONTEXT`` (inherited) and
-    processes blocks until none are left.
+    processes blocks until none are left. A GPU stage's worker sees one device:
+    ``CUDA_VISIBLE_DEVICES`` is the worker's slot modulo the GPUs given.
     """
 
     config_path: str
     stage: str
+    gpu_ids: tuple[str, ...] = ()
 
-    def __call__(self) -> None:
+    def __call__(self, *, context: Any = None) -> None:
         command = [sys.executable, "-m", WORKER_MODULE, self.config_path, self.stage]
-        result = subprocess.run(command, env=dict(os.environ), check=False)
+        env = dict(os.environ)
+        if self.gpu_ids:
+            worker_id = int(context["worker_id"]) if context is not None else 0
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu_ids[worker_id % len(self.gpu_ids)]
+        result = subprocess.run(command, env=env, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"worker {' '.join(command)} exited with {result.returncode}")
 
 
-@dataclass(frozen=True)
 class InProcessBlock:
     """Processes one block in this process (serial mode: tests, notebooks, pdb).
 
@@ -65,91 +63,98 @@ class InProcessBlock:
     otherwise abort the whole run on the first exception).
     """
 
-    ctx: RunContext
-    stage: str
+    def __init__(self, worker: StageWorker) -> None:
+        self.worker = worker
 
     def __call__(self, block: Any) -> None:
         try:
-            run_block(self.ctx, self.stage, block.read_roi, block.write_roi)
+            self.worker.process(block.read_roi, block.write_roi)
         except Exception:
             block.status = daisy.BlockStatus.FAILED
 
 
 def tracking_path(ctx: RunContext, stage: str) -> Path:
-    """Where daisy keeps a stage's done markers, keyed by the stage's config hash."""
-    return ctx.run_dir / "tracking" / f"{stage}-{ctx.config.stage_hash(*STAGE_SECTIONS[stage])}"
+    """Where daisy keeps a stage's done markers, keyed by the stage's cumulative hash."""
+    return ctx.layout.tracking_dir(stage, stage_hash(ctx.config, stage))
 
 
-def stage_names(ctx: RunContext) -> list[str]:
-    """The stages this run executes, in order."""
-    names = ["extract_fragments", "agglomerate", "find_segments", "relabel"]
-    if ctx.config.evaluate.enabled and ctx.config.inputs.ground_truth is not None:
-        names.append("evaluate")
-    return names
+def visible_gpus() -> tuple[str, ...]:
+    """The GPUs local workers may use: ``CUDA_VISIBLE_DEVICES`` or every device torch sees."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return tuple(d.strip() for d in listed.split(",") if d.strip())
+    import torch
+
+    return tuple(str(i) for i in range(torch.cuda.device_count()))
 
 
-def build_pipeline(
-    ctx: RunContext, config_path: Path, multiprocessing: bool = True
-) -> tuple[Any, list[str]]:
-    """The daisy pipeline of a run and its stage names.
-
-    Args:
-        ctx: the validated run.
-        config_path: the resolved config workers read.
-        multiprocessing: run blocks in worker processes; False runs them here.
-    """
+def build_task(
+    ctx: RunContext,
+    stage: Stage,
+    function: Callable[..., None],
+) -> Any:
+    """The daisy task of one stage."""
     cfg = ctx.config
-    voxel_size = ctx.voxel_size
-    data = ctx.data_roi
-    block = Roi((0, 0, 0), ctx.grid.block_shape_nm)
-    workers = cfg.execution.num_workers
-
-    def function(stage: str) -> Callable[..., None]:
-        if multiprocessing:
-            return LocalWorker(str(config_path), stage)
-        return InProcessBlock(ctx, stage)
-
-    def blockwise_task(stage: str, context_vx: tuple[int, int, int]) -> Any:
-        context = Coordinate(context_vx) * voxel_size
+    tiling = stage.tiling(ctx)
+    workers = stage.resources(cfg).num_workers or cfg.execution.num_workers
+    common = {
+        "process_function": function,
+        "read_write_conflict": False,
+        "max_retries": cfg.execution.max_retries,
+        "timeout": cfg.execution.block_timeout_s,
+        "tracking_path": str(tracking_path(ctx, stage.name)),
+    }
+    if tiling.block_shape_vx is None:
+        data = tiling.data_roi
         return daisy.Task(
-            stage,
-            total_roi=data.grow(context, context),
-            read_roi=block.grow(context, context),
-            write_roi=block,
-            process_function=function(stage),
-            read_write_conflict=False,
-            fit="shrink",
-            max_workers=workers,
-            max_retries=cfg.execution.max_retries,
-            timeout=cfg.execution.block_timeout_s,
-            tracking_path=str(tracking_path(ctx, stage)),
-        )
-
-    def whole_task(stage: str) -> Any:
-        return daisy.Task(
-            stage,
+            stage.name,
             total_roi=data,
             read_roi=data,
             write_roi=data,
-            process_function=function(stage),
-            read_write_conflict=False,
             fit="valid",
             max_workers=1,
-            max_retries=cfg.execution.max_retries,
-            timeout=cfg.execution.block_timeout_s,
-            tracking_path=str(tracking_path(ctx, stage)),
+            **common,
         )
+    context = tiling.context_nm
+    block = Roi((0, 0, 0), Coordinate(tiling.block_shape_vx) * tiling.voxel_size)
+    return daisy.Task(
+        stage.name,
+        total_roi=tiling.data_roi.grow(context, context),
+        read_roi=block.grow(context, context),
+        write_roi=block,
+        fit="shrink",
+        max_workers=workers,
+        **common,
+    )
 
-    names = stage_names(ctx)
-    tasks = [
-        blockwise_task("extract_fragments", cfg.extract_fragments.context_vx),
-        blockwise_task("agglomerate", cfg.agglomerate.context_vx),
-        whole_task("find_segments"),
-        blockwise_task("relabel", (0, 0, 0)),
-    ]
-    if "evaluate" in names:
-        tasks.append(whole_task("evaluate"))
+
+def build_pipeline(
+    ctx: RunContext,
+    stages: list[Stage],
+    config_path: Path,
+    multiprocessing: bool = True,
+) -> tuple[Any, list[StageWorker]]:
+    """The daisy pipeline of a run, and the in-process workers to close after it.
+
+    Args:
+        ctx: the validated run.
+        stages: the stages to run, in pipeline order.
+        config_path: the resolved config workers read.
+        multiprocessing: run blocks in worker processes; False runs them here.
+    """
+    in_process: list[StageWorker] = []
+    tasks = []
+    for stage in stages:
+        function: Callable[..., None]
+        if multiprocessing:
+            gpus = visible_gpus() if stage.resources(ctx.config).gpus else ()
+            function = LocalWorker(str(config_path), stage.name, gpus)
+        else:
+            worker = StageWorker(ctx, stage)
+            in_process.append(worker)
+            function = InProcessBlock(worker)
+        tasks.append(build_task(ctx, stage, function))
     pipeline = tasks[0]
     for task in tasks[1:]:
         pipeline = pipeline + task
-    return pipeline, names
+    return pipeline, in_process

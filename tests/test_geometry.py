@@ -9,7 +9,7 @@ import pytest
 from funlib.geometry import Coordinate, Roi
 
 from blockwise.errors import ConfigError
-from blockwise.geometry import BlockGrid
+from blockwise.geometry import BlockGrid, FragmentIds
 
 
 def grid() -> BlockGrid:
@@ -32,18 +32,23 @@ def test_grid_shape_and_rois_tile_the_data() -> None:
 
 def test_id_ranges_disjoint_and_block_of_id() -> None:
     g = grid()
-    ranges = [g.id_range(i) for i in range(g.num_blocks)]
+    ids_of = FragmentIds(g)
+    ranges = [ids_of.id_range(i) for i in range(g.num_blocks)]
     for a, b in itertools.pairwise(ranges):
         assert a.last + 1 == b.first
     ids = np.array([r.first for r in ranges] + [r.last for r in ranges], dtype=np.uint64)
     expected = np.r_[np.arange(g.num_blocks), np.arange(g.num_blocks)]
-    assert np.array_equal(g.block_of_id(ids), expected)
+    assert np.array_equal(ids_of.block_of_id(ids), expected)
 
 
 def test_ids_must_fit_uint64() -> None:
     with pytest.raises(ConfigError, match=r"does not fit uint64"):
-        BlockGrid(
-            Roi((0, 0, 0), (2**22, 2**22, 2**22)), Coordinate(1, 1, 1), Coordinate(256, 256, 256)
+        FragmentIds(
+            BlockGrid(
+                Roi((0, 0, 0), (2**22, 2**22, 2**22)),
+                Coordinate(1, 1, 1),
+                Coordinate(256, 256, 256),
+            )
         )
 
 

@@ -16,9 +16,9 @@ from blockwise.config import parse_config
 from blockwise.errors import ConfigError, InputError
 from blockwise.fragments import fragments_from_affinities
 from blockwise.kernels.region_merging import Scoring, merge_regions, segment
+from blockwise.lut import load_table
 from blockwise.run_context import RunContext
 from blockwise.runner import run
-from blockwise.stages.find_segments import load_table
 from blockwise.stitching import CUT_MERGE_SCORE
 
 from datafiles import require_data
@@ -128,12 +128,12 @@ def test_blockwise_invariants_and_resume(tmp_path: Path, crop: Path, method: str
     assert np.all(fragments != 0)
     # fragments are unique across blocks and never cross a write ROI
     owner = block_of_voxels(ctx)
-    assert np.array_equal(ctx.grid.block_of_id(fragments), owner)
+    assert np.array_equal(ctx.fragment_ids.block_of_id(fragments), owner)
     nodes = ctx.store.read_nodes()
     assert np.array_equal(nodes.id, np.unique(fragments))
     # node centres lie in their block's write ROI
     for node_id, center in zip(nodes.id[::37], nodes.center_nm[::37], strict=True):
-        roi = ctx.grid.write_roi(int(ctx.grid.block_of_id(np.array([node_id]))[0]))
+        roi = ctx.grid.write_roi(int(ctx.fragment_ids.block_of_id(np.array([node_id]))[0]))
         assert all(b <= c < e for b, c, e in zip(roi.begin, center, roi.end, strict=True))
     # every edge once, u < v, owned by u's block
     edges = ctx.store.read_edges()
@@ -144,9 +144,11 @@ def test_blockwise_invariants_and_resume(tmp_path: Path, crop: Path, method: str
     # halves of basins cut by block faces are marked, and only across blocks
     cut = edges.merge_score == CUT_MERGE_SCORE
     assert np.any(cut)
-    assert np.all(ctx.grid.block_of_id(edges.u[cut]) != ctx.grid.block_of_id(edges.v[cut]))
+    assert np.all(
+        ctx.fragment_ids.block_of_id(edges.u[cut]) != ctx.fragment_ids.block_of_id(edges.v[cut])
+    )
     # tables: one per threshold, coarser at higher thresholds
-    counts = [load_table(ctx, t).num_segments for t in cfg.segments.thresholds]
+    counts = [load_table(ctx.lut_path(t), t).num_segments for t in cfg.segments.thresholds]
     assert counts == sorted(counts, reverse=True)
     before = {t: ctx.segmentation(t).read(ctx.data_roi) for t in cfg.segments.thresholds}
     report = json.loads((cfg.run_dir / "evaluation.json").read_text())

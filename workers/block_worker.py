@@ -2,8 +2,10 @@
 
 Connects to the daisy scheduler named by the ``DAISY_CONTEXT`` environment
 variable, processes blocks of STAGE until the scheduler has none left, and
-exits 0. A failed block is logged with its ROI and traceback, recorded in the
-run directory, reported to the scheduler as failed, and the worker goes on.
+exits 0. The stage's per-worker setup (models, stores, tables) is entered
+once, at the first block. A failed block is logged with its ROI and
+traceback, recorded in the run directory, reported to the scheduler as
+failed, and the worker goes on.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ import sys
 
 import daisy.v2 as daisy
 
-from blockwise.execution import run_block
+from blockwise.execution import StageWorker
 from blockwise.run_context import RunContext
+from blockwise.stages import get_stage
 
 logger = logging.getLogger("blockwise.worker")
 
 
-def serve(config_path: str, stage: str) -> int:
-    """Process blocks of ``stage`` until none are left; returns the number failed."""
+def serve(config_path: str, stage_name: str) -> int:
+    """Process blocks of ``stage_name`` until none are left; returns the number failed."""
     ctx = RunContext.from_file(config_path)
+    worker = StageWorker(ctx, get_stage(stage_name))
     client = daisy.Client()
     done = failed = 0
     try:
@@ -33,16 +37,17 @@ def serve(config_path: str, stage: str) -> int:
                     if block is None:
                         break
                     acquired = True
-                    run_block(ctx, stage, block.read_roi, block.write_roi)
+                    worker.process(block.read_roi, block.write_roi)
                     done += 1
             except Exception:
                 if not acquired:
                     raise
-                # run_block recorded it and the client reported it; keep going
+                # the worker recorded it and the client reported it; keep going
                 failed += 1
     finally:
+        worker.close()
         ctx.close()
-    logger.info("worker for %s: %d blocks done, %d failed", stage, done, failed)
+    logger.info("worker for %s: %d blocks done, %d failed", stage_name, done, failed)
     return failed
 
 

@@ -7,7 +7,7 @@ from numpy.typing import NDArray
 
 from blockwise.kernels import _relabel
 
-__all__ = ["consecutive", "first_occurrences", "relabel"]
+__all__ = ["consecutive", "first_occurrences", "relabel", "relabel_sorted"]
 
 
 def relabel(
@@ -50,7 +50,35 @@ def relabel(
         raise ValueError(
             f"keys must be distinct, but key {sorted_keys[repeated[0]]} appears more than once"
         )
+    return _relabel_checked(array, sorted_keys, sorted_values)
 
+
+def relabel_sorted(
+    array: NDArray[np.uint64], sorted_keys: NDArray[np.uint64], values: NDArray[np.uint64]
+) -> NDArray[np.uint64]:
+    """:func:`relabel` through a table whose keys are already sorted and distinct.
+
+    The caller vouches for the order (check it once, e.g. when loading the
+    table); this skips the O(n log n) sort that :func:`relabel` pays per call.
+
+    Raises:
+        ValueError: on a dtype other than uint64, tables of different lengths, or
+            an id of ``array`` (other than 0) that is not a key.
+    """
+    _check_uint64("array", array)
+    _check_uint64("keys", sorted_keys)
+    _check_uint64("values", values)
+    if sorted_keys.ndim != 1 or sorted_keys.shape != values.shape:
+        raise ValueError(
+            f"keys and values must be 1D of one length, received shapes {sorted_keys.shape} "
+            f"and {values.shape}"
+        )
+    return _relabel_checked(array, np.ascontiguousarray(sorted_keys), np.ascontiguousarray(values))
+
+
+def _relabel_checked(
+    array: NDArray[np.uint64], sorted_keys: NDArray[np.uint64], sorted_values: NDArray[np.uint64]
+) -> NDArray[np.uint64]:
     flat = np.ascontiguousarray(array).reshape(-1)
     out = np.empty(flat.shape, dtype=np.uint64)
     missing = _relabel.relabel_flat(flat, sorted_keys, sorted_values, out)
@@ -58,7 +86,8 @@ def relabel(
         index = np.unravel_index(missing, array.shape)
         raise ValueError(
             f"id {flat[missing]} (first at index {tuple(int(i) for i in index)}) is not "
-            f"among the {keys.size} keys of the table; expected every non-zero id to be a key"
+            f"among the {sorted_keys.size} keys of the table; expected every non-zero id to "
+            "be a key"
         )
     return out.reshape(array.shape)
 

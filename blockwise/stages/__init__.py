@@ -1,43 +1,80 @@
-"""The stages of a run, one module each.
+"""The stages of a run, one module each, found through this registry.
 
-Block-wise stages expose ``process_block(ctx, read_roi, write_roi)``: the
-function a worker, a test and a notebook all call. Whole-volume stages
-(one block covering everything) expose ``run(ctx)``.
+Each stage module defines ``STAGE`` (a :class:`blockwise.stage.Stage`). The
+registry imports a module only when its stage is asked for, so a CPU worker
+never imports torch (only ``predict``'s per-worker setup does). The
+scheduler, ``plan``, ``status``, the runner and the worker iterate over
+:func:`active_stages`; no stage module imports another.
 """
 
 from __future__ import annotations
 
-from funlib.geometry import Roi
+import hashlib
+import importlib
+from functools import cache
+from typing import TYPE_CHECKING
 
-from blockwise.run_context import RunContext
-from blockwise.stages import agglomerate, evaluate, extract_fragments, find_segments, relabel
+if TYPE_CHECKING:
+    from blockwise.config import RunConfig
+    from blockwise.stage import Stage
 
-STAGE_ORDER = ("extract_fragments", "agglomerate", "find_segments", "relabel", "evaluate")
-BLOCKWISE_STAGES = ("extract_fragments", "agglomerate", "relabel")
+# every stage in pipeline order, with the module that defines it
+STAGE_MODULES: dict[str, str] = {
+    "predict": "blockwise.stages.predict",
+    "extract_fragments": "blockwise.stages.extract_fragments",
+    "agglomerate": "blockwise.stages.agglomerate",
+    "find_segments": "blockwise.stages.find_segments",
+    "relabel": "blockwise.stages.relabel",
+    "evaluate": "blockwise.stages.evaluate",
+}
 
 
-def process(ctx: RunContext, stage: str, read_roi: Roi, write_roi: Roi) -> None:
-    """Run one block of ``stage``.
+@cache
+def get_stage(name: str) -> Stage:
+    """The stage called ``name`` (its module is imported now).
 
     Raises:
-        ValueError: if ``stage`` is not a stage name.
+        ValueError: if no stage has that name.
     """
-    if stage == extract_fragments.NAME:
-        extract_fragments.process_block(ctx, read_roi, write_roi)
-    elif stage == agglomerate.NAME:
-        agglomerate.process_block(ctx, read_roi, write_roi)
-    elif stage == relabel.NAME:
-        relabel.process_block(ctx, read_roi, write_roi)
-    elif stage == find_segments.NAME:
-        find_segments.run(ctx)
-    elif stage == evaluate.NAME:
-        evaluate.run(ctx)
-    else:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGE_ORDER}")
+    if name not in STAGE_MODULES:
+        raise ValueError(f"unknown stage {name!r}; expected one of {list(STAGE_MODULES)}")
+    stage: Stage = importlib.import_module(STAGE_MODULES[name]).STAGE
+    return stage
 
 
-def block_index(ctx: RunContext, stage: str, write_roi: Roi) -> int:
-    """The index of a stage's block (0 for whole-volume stages)."""
-    if stage in BLOCKWISE_STAGES:
-        return ctx.grid.block_index(write_roi.intersect(ctx.data_roi))
-    return 0
+def active_stages(config: RunConfig) -> list[Stage]:
+    """The stages a run of ``config`` executes, in pipeline order."""
+    return [get_stage(n) for n in STAGE_MODULES if get_stage(n).is_enabled(config)]
+
+
+def lineage(config: RunConfig, name: str) -> list[Stage]:
+    """``name``'s stage and every active stage upstream of it, in pipeline order."""
+    active = {s.name: s for s in active_stages(config)}
+    seen: set[str] = set()
+    pending = [name]
+    while pending:
+        current = pending.pop()
+        if current in seen or current not in active:
+            continue
+        seen.add(current)
+        pending.extend(active[current].upstream)
+    return [s for s in active.values() if s.name in seen]
+
+
+def stage_hash(config: RunConfig, name: str) -> str:
+    """The hash keying ``name``'s done markers: its sections and identities and all upstream."""
+    stages = lineage(config, name)
+    sections = sorted({section for s in stages for section in s.sections})
+    extra: dict[str, str] = {}
+    for s in stages:
+        extra.update(s.identity(config))
+    return config.stage_hash(*sections, extra=extra)
+
+
+def file_identity(path: str) -> str:
+    """A content hash of a file, for :attr:`Stage.identity` (streamed, sha256, 16 hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]

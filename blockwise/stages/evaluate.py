@@ -9,15 +9,15 @@ from typing import Any
 
 from funlib.geometry import Roi
 
+from blockwise.config import RunConfig
 from blockwise.errors import ConfigError
 from blockwise.metrics import Contingency, scores
 from blockwise.run_context import RunContext
+from blockwise.stage import Stage, StageBlock, Tiling, single_function
 
 logger = logging.getLogger(__name__)
 
 NAME = "evaluate"
-REPORT = "evaluation.json"
-PLOT = "evaluation.png"
 
 
 def evaluation_roi(ctx: RunContext) -> Roi:
@@ -104,6 +104,32 @@ def plot(report: dict[str, Any], path: str) -> None:
 def run(ctx: RunContext) -> dict[str, Any]:
     """Evaluate, and write the JSON report and the PNG plot into the run directory."""
     report = evaluate(ctx)
-    (ctx.run_dir / REPORT).write_text(json.dumps(report, indent=2))
-    plot(report, str(ctx.run_dir / PLOT))
+    ctx.layout.evaluation_json.write_text(json.dumps(report, indent=2))
+    plot(report, str(ctx.layout.evaluation_png))
     return report
+
+
+def process_block(ctx: RunContext, block: StageBlock) -> None:
+    """The one whole-volume block: the report."""
+    del block
+    run(ctx)
+
+
+def tiling(ctx: RunContext) -> Tiling:
+    """One block covering the evaluated region."""
+    return Tiling(evaluation_roi(ctx), ctx.voxel_size)
+
+
+def is_enabled(config: RunConfig) -> bool:
+    """Evaluate runs when enabled and there is ground truth."""
+    return config.evaluate.enabled and config.inputs.ground_truth is not None
+
+
+STAGE = Stage(
+    name=NAME,
+    sections=("evaluate",),
+    upstream=("relabel",),
+    tiling=tiling,
+    setup=single_function(process_block),
+    is_enabled=is_enabled,
+)

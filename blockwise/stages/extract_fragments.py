@@ -10,14 +10,17 @@ its centre (nm) and size (voxels).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
-from funlib.geometry import Roi
+from funlib.geometry import Coordinate, Roi
 
-from blockwise.fragments import fragments_from_affinities
-from blockwise.geometry import BlockGrid, roi_slices
+from blockwise.fragments import fragments_for_config
+from blockwise.geometry import roi_slices
 from blockwise.kernels.relabel import consecutive
 from blockwise.run_context import RunContext
+from blockwise.stage import BlockFunction, Stage, StageBlock, Tiling
 from blockwise.store import NodeTable
 
 logger = logging.getLogger(__name__)
@@ -43,47 +46,51 @@ def fragment_nodes(fragments: np.ndarray, roi: Roi, voxel_size: tuple[int, ...])
     return NodeTable(ids[keep].astype(np.uint64), centers[keep], sizes[keep].astype(np.int64))
 
 
-def flood(ctx: RunContext, affs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """The run's fragment algorithm on one array (local ids 1..n), with its parameters."""
-    params = ctx.config.extract_fragments
-    vs = ctx.voxel_size
-    fragments, _ = fragments_from_affinities(
-        affs,
-        (vs[0], vs[1], vs[2]),
-        boundary_threshold=params.boundary_threshold,
-        min_seed_distance_nm=params.min_seed_distance_nm,
-        seeds_per_section=params.seeds_per_section,
-        min_fragment_size_vx=params.min_fragment_size_vx,
-        mask=mask,
+def extract_block(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, NodeTable]:
+    """Fragments (global ids) of the block's write ROI and their nodes; writes nothing."""
+    local = fragments_for_config(
+        ctx.read_affinities(block.read_roi),
+        ctx.voxel_size,
+        ctx.config.extract_fragments,
+        ctx.read_mask(block.read_roi),
     )
-    return fragments
-
-
-def extract_block(
-    ctx: RunContext, read_roi: Roi, write_roi: Roi, grid: BlockGrid
-) -> tuple[np.ndarray, NodeTable]:
-    """Fragments (global ids) of ``write_roi`` and their nodes; writes nothing."""
-    local = flood(ctx, ctx.read_affinities(read_roi), ctx.read_mask(read_roi))
     cropped, _ = consecutive(
-        np.ascontiguousarray(local[roi_slices(write_roi, read_roi, ctx.voxel_size)])
+        np.ascontiguousarray(local[roi_slices(block.write_roi, block.read_roi, ctx.voxel_size)])
     )
-    id_range = grid.id_range(grid.block_index(write_roi))
+    id_range = ctx.fragment_ids.id_range(block.index)
     fragments = np.where(cropped != 0, cropped + np.uint64(id_range.first - 1), np.uint64(0))
-    return fragments.astype(np.uint64), fragment_nodes(fragments, write_roi, ctx.voxel_size)
+    return fragments.astype(np.uint64), fragment_nodes(fragments, block.write_roi, ctx.voxel_size)
 
 
-def process_block(ctx: RunContext, read_roi: Roi, write_roi: Roi) -> None:
-    """Extract the fragments of one block, write them and their nodes.
+def process_block(ctx: RunContext, block: StageBlock) -> None:
+    """Extract the fragments of one block, write them and their nodes."""
+    fragments, nodes = extract_block(ctx, block)
+    ctx.fragments.write(block.write_roi, fragments)
+    ctx.store.write_nodes(ctx.fragment_ids.id_range(block.index), nodes)
+    logger.debug("block %s: %d fragments", block.write_roi, len(nodes))
 
-    Args:
-        ctx: the run.
-        read_roi: the block's read ROI (nm); cut to the data here.
-        write_roi: the block's write ROI (nm); cut to the data here.
-    """
-    read_roi = read_roi.intersect(ctx.data_roi)
-    write_roi = write_roi.intersect(ctx.data_roi)
-    grid = ctx.grid
-    fragments, nodes = extract_block(ctx, read_roi, write_roi, grid)
-    ctx.fragments.write(write_roi, fragments)
-    ctx.store.write_nodes(grid.id_range(grid.block_index(write_roi)), nodes)
-    logger.debug("block %s: %d fragments", write_roi, len(nodes))
+
+def tiling(ctx: RunContext) -> Tiling:
+    """The extract_fragments grid: it also allocates the fragment ids."""
+    cfg = ctx.config.extract_fragments
+    return Tiling(
+        ctx.data_roi, ctx.voxel_size, Coordinate(cfg.block_shape_vx), Coordinate(cfg.context_vx)
+    )
+
+
+@contextmanager
+def setup(ctx: RunContext) -> Iterator[BlockFunction]:
+    """Open the fragments array and the store once per worker."""
+    _ = ctx.fragments, ctx.store
+    yield lambda block: process_block(ctx, block)
+
+
+# affinities float32 x3, fragments, surface, distance transform, labels, a heap entry
+STAGE = Stage(
+    name=NAME,
+    sections=("extract_fragments", "output"),
+    upstream=("predict",),
+    tiling=tiling,
+    setup=setup,
+    bytes_per_voxel=64,
+)

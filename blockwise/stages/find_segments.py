@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,28 +27,16 @@ from numpy.typing import NDArray
 from blockwise.errors import StoreError
 from blockwise.kernels.region_merging import merge_graph
 from blockwise.kernels.union_find import UnionFind
+from blockwise.lut import SegmentTable, save_table
 from blockwise.run_context import RunContext
-from blockwise.stages.agglomerate import scoring
+from blockwise.scoring import scoring_from_config
+from blockwise.stage import Stage, StageBlock, Tiling, single_function
 from blockwise.stitching import CUT_MERGE_SCORE
 from blockwise.store import EdgeTable, GraphStore
 
 logger = logging.getLogger(__name__)
 
 NAME = "find_segments"
-
-
-@dataclass(frozen=True)
-class SegmentTable:
-    """Fragment ids (sorted) and the segment id of each at one threshold."""
-
-    threshold: float
-    fragment_ids: NDArray[np.uint64]
-    segment_ids: NDArray[np.uint64]
-
-    @property
-    def num_segments(self) -> int:
-        """Number of distinct segments."""
-        return len(np.unique(self.segment_ids))
 
 
 def segment_tables(
@@ -146,27 +133,12 @@ def merge_globally(ctx: RunContext) -> EdgeTable:
         edges.v,
         stats,
         ctx.config.merge_until,
-        scoring(ctx),
+        scoring_from_config(ctx.config.agglomerate.scoring),
         forced=edges.merge_score == CUT_MERGE_SCORE,
     )
     merged = np.flatnonzero(~np.isnan(graph.merge_score))
     order = merged[np.argsort(graph.merge_score[merged], kind="stable")]
     return EdgeTable(graph.u[order], graph.v[order], graph.score[order], graph.merge_score[order])
-
-
-def save_table(ctx: RunContext, table: SegmentTable) -> None:
-    """Write a lookup table where relabel finds it (atomically)."""
-    path = ctx.lut_path(table.threshold)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, fragment_ids=table.fragment_ids, segment_ids=table.segment_ids)
-    tmp.replace(path)
-
-
-def load_table(ctx: RunContext, threshold: float) -> SegmentTable:
-    """Read the lookup table of one threshold."""
-    with np.load(ctx.lut_path(threshold)) as data:
-        return SegmentTable(threshold, data["fragment_ids"], data["segment_ids"])
 
 
 def run(ctx: RunContext) -> list[SegmentTable]:
@@ -180,5 +152,25 @@ def run(ctx: RunContext) -> list[SegmentTable]:
     else:
         tables = find_segments(ctx.store, cfg.thresholds, cfg.edges_per_chunk)
     for table in tables:
-        save_table(ctx, table)
+        save_table(ctx.lut_path(table.threshold), table)
     return tables
+
+
+def process_block(ctx: RunContext, block: StageBlock) -> None:
+    """The one whole-volume block: every lookup table."""
+    del block
+    run(ctx)
+
+
+def tiling(ctx: RunContext) -> Tiling:
+    """One block covering the data."""
+    return Tiling(ctx.data_roi, ctx.voxel_size)
+
+
+STAGE = Stage(
+    name=NAME,
+    sections=("segments",),
+    upstream=("agglomerate",),
+    tiling=tiling,
+    setup=single_function(process_block),
+)

@@ -1,41 +1,54 @@
-"""Stage 4: fragments -> segmentation, one zarr array per threshold, block by block."""
+"""Stage 4: fragments -> segmentation, one zarr array per threshold, block by block.
+
+Each worker loads every threshold's lookup table once (O(fragments), keys
+already sorted by find_segments) and relabels its blocks through them.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import cast
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from funlib.geometry import Roi
+from funlib.geometry import Coordinate
 
-from blockwise.kernels.relabel import relabel
+from blockwise.lut import PreparedTable
 from blockwise.run_context import RunContext
-from blockwise.stages.find_segments import SegmentTable, load_table
+from blockwise.stage import BlockFunction, Stage, StageBlock, Tiling
 
 logger = logging.getLogger(__name__)
 
 NAME = "relabel"
 
 
-def cached_table(ctx: RunContext, threshold: float) -> SegmentTable:
-    """The lookup table of ``threshold``, loaded once per worker (it is O(fragments))."""
-    key = f"segment_table:{threshold}"
-    if key not in ctx.cache:
-        ctx.cache[key] = load_table(ctx, threshold)
-    return cast(SegmentTable, ctx.cache[key])
+def relabel_block(ctx: RunContext, tables: list[PreparedTable], block: StageBlock) -> None:
+    """Write the segmentation of the block's write ROI for every threshold."""
+    fragments = ctx.fragments.read(block.write_roi)
+    for table in tables:
+        segmentation = table.relabel(fragments)
+        ctx.segmentation(table.table.threshold).write(block.write_roi, segmentation)
 
 
-def process_block(ctx: RunContext, read_roi: Roi, write_roi: Roi) -> None:
-    """Write the segmentation of ``write_roi`` for every threshold.
+def tiling(ctx: RunContext) -> Tiling:
+    """The extract_fragments grid, without context."""
+    return Tiling(
+        ctx.data_roi, ctx.voxel_size, Coordinate(ctx.config.extract_fragments.block_shape_vx)
+    )
 
-    Args:
-        ctx: the run.
-        read_roi: unused (relabel needs no context); kept for a uniform signature.
-        write_roi: the block's write ROI (nm); cut to the data here.
-    """
-    del read_roi
-    write_roi = write_roi.intersect(ctx.data_roi)
-    fragments = ctx.fragments.read(write_roi)
-    for threshold in ctx.config.segments.thresholds:
-        table = cached_table(ctx, threshold)
-        segmentation = relabel(fragments, table.fragment_ids, table.segment_ids)
-        ctx.segmentation(threshold).write(write_roi, segmentation)
+
+@contextmanager
+def setup(ctx: RunContext) -> Iterator[BlockFunction]:
+    """Load every threshold's table once per worker."""
+    tables = [PreparedTable.load(ctx.lut_path(t), t) for t in ctx.config.segments.thresholds]
+    yield lambda block: relabel_block(ctx, tables, block)
+
+
+# fragments and one segmentation, uint64 each, plus the relabel output
+STAGE = Stage(
+    name=NAME,
+    sections=(),
+    upstream=("extract_fragments", "find_segments"),
+    tiling=tiling,
+    setup=setup,
+    bytes_per_voxel=24,
+)

@@ -1,0 +1,90 @@
+"""Fragment -> segment lookup tables: the file format and a prepared relabel.
+
+find_segments writes one table per threshold (``.npz`` with ``fragment_ids``,
+sorted, and ``segment_ids``); relabel loads each once per worker as a
+:class:`PreparedTable`, whose keys are already sorted and checked, so a block
+is relabelled without re-sorting the whole table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from blockwise.errors import InputError
+from blockwise.kernels.relabel import relabel_sorted
+
+
+@dataclass(frozen=True)
+class SegmentTable:
+    """Fragment ids (sorted) and the segment id of each at one threshold."""
+
+    threshold: float
+    fragment_ids: NDArray[np.uint64]
+    segment_ids: NDArray[np.uint64]
+
+    @property
+    def num_segments(self) -> int:
+        """Number of distinct segments."""
+        return len(np.unique(self.segment_ids))
+
+
+def save_table(path: Path, table: SegmentTable) -> None:
+    """Write a lookup table atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, fragment_ids=table.fragment_ids, segment_ids=table.segment_ids)
+    tmp.replace(path)
+
+
+def load_table(path: Path, threshold: float) -> SegmentTable:
+    """Read the lookup table of one threshold.
+
+    Raises:
+        InputError: if the file is missing or not a lookup table.
+    """
+    if not path.is_file():
+        raise InputError(
+            f"lookup table {path} does not exist; find_segments has not finished for "
+            f"threshold {threshold}"
+        )
+    with np.load(path) as data:
+        if set(data.files) != {"fragment_ids", "segment_ids"}:
+            raise InputError(
+                f"{path} is not a lookup table: expected arrays fragment_ids and segment_ids, "
+                f"found {sorted(data.files)}"
+            )
+        return SegmentTable(threshold, data["fragment_ids"], data["segment_ids"])
+
+
+@dataclass(frozen=True)
+class PreparedTable:
+    """A lookup table ready to relabel many blocks: keys sorted, distinct, uint64."""
+
+    table: SegmentTable
+
+    @classmethod
+    def load(cls, path: Path, threshold: float) -> PreparedTable:
+        """Load a table and check it once.
+
+        Raises:
+            InputError: if the keys are not sorted and distinct uint64.
+        """
+        table = load_table(path, threshold)
+        keys = table.fragment_ids
+        if keys.dtype != np.uint64 or table.segment_ids.dtype != np.uint64:
+            raise InputError(f"{path}: lookup table ids must be uint64, found {keys.dtype}")
+        if keys.shape != table.segment_ids.shape or keys.ndim != 1:
+            raise InputError(
+                f"{path}: {keys.shape} fragment ids but {table.segment_ids.shape} segment ids"
+            )
+        if keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
+            raise InputError(f"{path}: fragment ids are not sorted and distinct")
+        return cls(table)
+
+    def relabel(self, fragments: NDArray[np.uint64]) -> NDArray[np.uint64]:
+        """The segmentation of ``fragments`` (0 stays 0)."""
+        return relabel_sorted(fragments, self.table.fragment_ids, self.table.segment_ids)

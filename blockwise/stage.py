@@ -1,0 +1,184 @@
+"""What a stage is: one object per stage module, read by the scheduler, plan, status and workers.
+
+A stage names the config sections that parameterise it and the stages whose
+outputs it reads (its done markers are keyed by both, cumulatively), says how
+its work is cut into blocks (:class:`Tiling`), what a worker needs
+(:class:`Resources`) and how much memory a block takes, and provides a
+per-worker ``setup``: a context manager that opens models, stores and tables
+once and yields the function that processes one :class:`StageBlock`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from funlib.geometry import Coordinate, Roi
+
+from blockwise.geometry import BlockGrid, voxels
+
+if TYPE_CHECKING:
+    from blockwise.config import RunConfig
+    from blockwise.run_context import RunContext
+
+
+@dataclass(frozen=True)
+class StageBlock:
+    """One block of one stage, with its ROIs already cut to where they may reach.
+
+    Attributes:
+        stage: the stage's name.
+        index: the block's index in its stage's grid (0 for whole-volume stages).
+        read_roi: what the block may read, nm (cut to the stage's read bounds).
+        write_roi: what the block writes, nm (cut to the data ROI).
+    """
+
+    stage: str
+    index: int
+    read_roi: Roi
+    write_roi: Roi
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a stage cuts the data ROI into blocks.
+
+    Attributes:
+        data_roi: the region the stage writes, nm.
+        voxel_size: nm per voxel.
+        block_shape_vx: the write shape of a block; None means one block covering
+            the data ROI (a whole-volume stage).
+        context_vx: what a block reads beyond its write ROI on every side.
+        read_bounds: where reads are cut (default: the data ROI); a stage that
+            pads beyond its inputs (predict) reads up to its full context.
+    """
+
+    data_roi: Roi
+    voxel_size: Coordinate
+    block_shape_vx: Coordinate | None = None
+    context_vx: Coordinate = field(default_factory=lambda: Coordinate(0, 0, 0))
+    read_bounds: Roi | None = None
+
+    @property
+    def is_whole(self) -> bool:
+        """Whether the stage is one block covering the data ROI."""
+        return self.block_shape_vx is None
+
+    @property
+    def context_nm(self) -> Coordinate:
+        """The context in nm."""
+        return Coordinate(self.context_vx) * self.voxel_size
+
+    @property
+    def grid(self) -> BlockGrid | None:
+        """The write-block grid (None for whole-volume stages)."""
+        if self.block_shape_vx is None:
+            return None
+        return BlockGrid(self.data_roi, self.voxel_size, Coordinate(self.block_shape_vx))
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of blocks."""
+        grid = self.grid
+        return 1 if grid is None else grid.num_blocks
+
+    def block(self, stage: str, read_roi: Roi, write_roi: Roi) -> StageBlock:
+        """The block daisy handed out, cut to the data (write) and read bounds, with its index."""
+        write = write_roi.intersect(self.data_roi)
+        bounds = self.read_bounds if self.read_bounds is not None else self.data_roi
+        grid = self.grid
+        index = 0 if grid is None else grid.block_index(write)
+        return StageBlock(stage, index, read_roi.intersect(bounds), write)
+
+    def read_voxels_per_block(self) -> int:
+        """Voxels a full block reads (its write shape plus context)."""
+        if self.block_shape_vx is None:
+            return voxels(self.data_roi, self.voxel_size)
+        total = 1
+        for b, c in zip(self.block_shape_vx, self.context_vx, strict=True):
+            total *= b + 2 * c
+        return total
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs.
+
+    Attributes:
+        gpus: GPUs per worker (each local worker gets its own device).
+        num_workers: workers for this stage; None means ``execution.num_workers``.
+    """
+
+    gpus: int = 0
+    num_workers: int | None = None
+
+
+BlockFunction = Callable[[StageBlock], None]
+Setup = Callable[["RunContext"], AbstractContextManager[BlockFunction]]
+
+
+def _always(config: RunConfig) -> bool:
+    del config
+    return True
+
+
+def _no_resources(config: RunConfig) -> Resources:
+    del config
+    return Resources()
+
+
+def _no_identity(config: RunConfig) -> dict[str, str]:
+    del config
+    return {}
+
+
+def _no_check(ctx: RunContext) -> None:
+    del ctx
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run, defined once in its module as ``STAGE``.
+
+    Attributes:
+        name: the stage's name (daisy task id, tracking and failure folders).
+        sections: config sections that parameterise this stage alone.
+        upstream: stages whose outputs this stage reads (their sections count too).
+        tiling: the stage's blocks for a run.
+        setup: per-worker setup yielding the per-block function.
+        bytes_per_voxel: memory a block holds per voxel it reads, for ``plan``.
+        is_enabled: whether a run of this config executes the stage.
+        resources: what one worker needs.
+        identity: values beyond the config that produced the outputs (e.g. a
+            checkpoint's content hash); they key the done markers like sections do.
+        check: validation beyond the config models that must pass before anything
+            is written (e.g. the checkpoint fits the architecture, a GPU exists).
+    """
+
+    name: str
+    sections: tuple[str, ...]
+    upstream: tuple[str, ...]
+    tiling: Callable[[RunContext], Tiling]
+    setup: Setup
+    bytes_per_voxel: int = 0
+    is_enabled: Callable[[RunConfig], bool] = _always
+    resources: Callable[[RunConfig], Resources] = _no_resources
+    identity: Callable[[RunConfig], dict[str, str]] = _no_identity
+    check: Callable[[RunContext], None] = _no_check
+
+
+def single_function(function: Callable[[RunContext, StageBlock], None]) -> Setup:
+    """A ``setup`` for stages that need nothing opened beyond the run context."""
+
+    def setup(ctx: RunContext) -> AbstractContextManager[BlockFunction]:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def opened() -> Iterator[BlockFunction]:
+            yield lambda block: function(ctx, block)
+
+        return opened()
+
+    return setup
