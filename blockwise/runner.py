@@ -18,6 +18,7 @@ from daisy import logging as daisy_logging
 from blockwise import failures
 from blockwise.config import RunConfig
 from blockwise.errors import StoreError
+from blockwise.execution import open_profile
 from blockwise.failures import BlockFailure
 from blockwise.geometry import voxels
 from blockwise.progress import StageProgress, StageSummary, format_summary
@@ -155,23 +156,21 @@ def run(
     start = time.monotonic()
     ctx, stages = prepare(config, adopt_store)
     daisy_logging.set_log_basedir(str(ctx.layout.logs_dir))
-    pipeline, in_process = build_pipeline(
-        ctx, [s for s, _ in stages], ctx.layout.config_path, multiprocessing
-    )
+    profile = open_profile(ctx, in_process=not multiprocessing)
     names = [s.name for s, _ in stages]
     observer = StageProgress(names, enabled=progress)
     try:
+        pipeline = build_pipeline(ctx, [s for s, _ in stages], profile)
         states = daisy.run_blockwise(
             pipeline,
-            multiprocessing=multiprocessing,
+            multiprocessing=profile.multiprocessing,
             progress=observer,
             return_states=True,
-            host="127.0.0.1",
+            host=profile.host,
             summary=False,
         )
     finally:
-        for worker in in_process:
-            worker.close()
+        profile.teardown()
     summaries = []
     messages = []
     for stage, tiling in stages:

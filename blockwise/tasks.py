@@ -10,82 +10,24 @@ touches, an extract_fragments block for the predict blocks it reads, and so on.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import daisy.v2 as daisy
 from funlib.geometry import Coordinate, Roi
 
-from blockwise.execution import StageWorker
+from blockwise.execution import ExecutionProfile
 from blockwise.run_context import RunContext
 from blockwise.stage import Stage
 from blockwise.stages import stage_hash
 
 logger = logging.getLogger(__name__)
 
-WORKER_MODULE = "blockwise_workers.block_worker"
-
-
-@dataclass(frozen=True)
-class LocalWorker:
-    """Starts one worker program on this machine (daisy calls it once per worker slot).
-
-    The program is the same one a cluster node runs: it reads the run config,
-    connects to the scheduler named by ``DAISY_CONTEXT`` (inherited) and
-    processes blocks until none are left. A GPU stage's worker sees one device:
-    ``CUDA_VISIBLE_DEVICES`` is the worker's slot modulo the GPUs given.
-    """
-
-    config_path: str
-    stage: str
-    gpu_ids: tuple[str, ...] = ()
-
-    def __call__(self, *, context: Any = None) -> None:
-        command = [sys.executable, "-m", WORKER_MODULE, self.config_path, self.stage]
-        env = dict(os.environ)
-        if self.gpu_ids:
-            worker_id = int(context["worker_id"]) if context is not None else 0
-            env["CUDA_VISIBLE_DEVICES"] = self.gpu_ids[worker_id % len(self.gpu_ids)]
-        result = subprocess.run(command, env=env, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"worker {' '.join(command)} exited with {result.returncode}")
-
-
-class InProcessBlock:
-    """Processes one block in this process (serial mode: tests, notebooks, pdb).
-
-    A failing block is recorded and marked failed (daisy's serial mode would
-    otherwise abort the whole run on the first exception).
-    """
-
-    def __init__(self, worker: StageWorker) -> None:
-        self.worker = worker
-
-    def __call__(self, block: Any) -> None:
-        try:
-            self.worker.process(block.read_roi, block.write_roi)
-        except Exception:
-            block.status = daisy.BlockStatus.FAILED
-
 
 def tracking_path(ctx: RunContext, stage: str) -> Path:
     """Where daisy keeps a stage's done markers, keyed by the stage's cumulative hash."""
     return ctx.layout.tracking_dir(stage, stage_hash(ctx.config, stage))
-
-
-def visible_gpus() -> tuple[str, ...]:
-    """The GPUs local workers may use: ``CUDA_VISIBLE_DEVICES`` or every device torch sees."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return tuple(d.strip() for d in listed.split(",") if d.strip())
-    import torch
-
-    return tuple(str(i) for i in range(torch.cuda.device_count()))
 
 
 def build_task(
@@ -128,33 +70,16 @@ def build_task(
     )
 
 
-def build_pipeline(
-    ctx: RunContext,
-    stages: list[Stage],
-    config_path: Path,
-    multiprocessing: bool = True,
-) -> tuple[Any, list[StageWorker]]:
-    """The daisy pipeline of a run, and the in-process workers to close after it.
+def build_pipeline(ctx: RunContext, stages: list[Stage], profile: ExecutionProfile) -> Any:
+    """The daisy pipeline of a run: one task per stage, chained in order.
 
     Args:
         ctx: the validated run.
         stages: the stages to run, in pipeline order.
-        config_path: the resolved config workers read.
-        multiprocessing: run blocks in worker processes; False runs them here.
+        profile: how each stage's blocks are run.
     """
-    in_process: list[StageWorker] = []
-    tasks = []
-    for stage in stages:
-        function: Callable[..., None]
-        if multiprocessing:
-            gpus = visible_gpus() if stage.resources(ctx.config).gpus else ()
-            function = LocalWorker(str(config_path), stage.name, gpus)
-        else:
-            worker = StageWorker(ctx, stage)
-            in_process.append(worker)
-            function = InProcessBlock(worker)
-        tasks.append(build_task(ctx, stage, function))
+    tasks = [build_task(ctx, stage, profile.process_function(ctx, stage)) for stage in stages]
     pipeline = tasks[0]
     for task in tasks[1:]:
         pipeline = pipeline + task
-    return pipeline, in_process
+    return pipeline

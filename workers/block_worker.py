@@ -16,8 +16,8 @@ import sys
 
 import daisy.v2 as daisy
 
-from blockwise.execution import StageWorker
 from blockwise.run_context import RunContext
+from blockwise.stage_worker import StageWorker
 from blockwise.stages import get_stage
 
 logger = logging.getLogger("blockwise.worker")

@@ -218,7 +218,7 @@ def load_model(config: RunConfig, device: Any) -> Any:
     model = model_from_checkpoint(
         predict.checkpoint,
         expected_unet=predict.unet,
-        expected_offsets=[tuple(o) for o in config.inputs.offsets],
+        expected_offsets=list(config.inputs.offsets),
         device=device,
     )
     model.eval()

@@ -1,0 +1,58 @@
+"""Execution profiles: how a stage's workers are started, and what is torn down after.
+
+One module per profile:
+
+- :mod:`~blockwise.execution.in_process`: blocks run in the driver (tests,
+  notebooks, pdb);
+- :mod:`~blockwise.execution.local`: worker processes on this machine, the
+  worker program ``workers/block_worker.py`` (GPU stages get one device each);
+
+A profile gives daisy each stage's process function, names the host the
+scheduler listens on, and tears down whatever it started (always: on
+completion, failure, Ctrl-C or SIGTERM of the driver).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from blockwise.run_context import RunContext
+    from blockwise.stage import Stage
+
+WORKER_MODULE = "blockwise_workers.block_worker"
+
+
+def worker_command(config_path: Path | str, stage: str) -> list[str]:
+    """The worker program's command line: the one place it is spelled out."""
+    return [sys.executable, "-m", WORKER_MODULE, str(config_path), stage]
+
+
+class ExecutionProfile(Protocol):
+    """What the driver needs from a way of running workers."""
+
+    #: whether blocks run in other processes (daisy's ``multiprocessing``)
+    multiprocessing: bool
+    #: the address the daisy scheduler listens on (routable for cluster profiles)
+    host: str
+
+    def process_function(self, ctx: RunContext, stage: Stage) -> Callable[..., Any]:
+        """daisy's ``process_function`` for ``stage``'s task."""
+
+    def teardown(self) -> None:
+        """Stop everything the profile started; safe to call more than once."""
+
+
+def open_profile(ctx: RunContext, in_process: bool = False) -> ExecutionProfile:
+    """The profile a run uses: ``execution.profile``, or in-process when asked."""
+    if in_process:
+        from blockwise.execution.in_process import InProcessProfile
+
+        return InProcessProfile()
+    from blockwise.execution.local import LocalProfile
+
+    return LocalProfile(ctx.layout.config_path)
