@@ -23,3 +23,15 @@ class StoreError(BlockwiseError):
 
 class BlockFailedError(BlockwiseError):
     """One or more blocks of a run failed; the message lists them with their ROIs."""
+
+
+class CheckpointError(BlockwiseError):
+    """A network checkpoint is missing, unreadable, or does not fit the config."""
+
+
+class RunLockedError(BlockwiseError):
+    """Another driver is running on the same run directory."""
+
+
+class RunChangedError(BlockwiseError):
+    """The config, an input or the code changed since finished blocks were computed."""
