@@ -4,28 +4,50 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from blockwise.config import load_config
+from blockwise.config import RunConfig, load_config, parse_config
 from blockwise.errors import BlockwiseError
 
 logger = logging.getLogger("blockwise")
 
 
+def _with_overrides(config: RunConfig, workers: int | None) -> RunConfig:
+    """``config`` with command-line overrides, validated like the file itself."""
+    if workers is None:
+        return config
+    data = config.model_dump(mode="json")
+    data["execution"]["num_workers"] = workers
+    return parse_config(data, f"{config.run_dir / 'config.yaml'} with --workers {workers}")
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    del signum, frame
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace) -> int:
     from blockwise.runner import run
 
-    config = load_config(args.config)
-    if args.workers is not None:
-        execution = config.execution.model_copy(update={"num_workers": args.workers})
-        config = config.model_copy(update={"execution": execution})
-    result = run(
-        config,
-        multiprocessing=not args.in_process,
-        progress=not args.no_progress,
-        adopt_store=args.adopt_store,
-    )
+    config = _with_overrides(load_config(args.config), args.workers)
+    # SIGTERM (a cluster's or a user's kill) stops the run like Ctrl-C: workers
+    # are stopped, the summary is printed with the command that resumes
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        result = run(
+            config,
+            multiprocessing=not args.in_process,
+            progress=not args.no_progress,
+            adopt_store=args.adopt_store,
+            rerun_changed=args.rerun_changed,
+        )
+    except KeyboardInterrupt:
+        sys.stdout.write(
+            f"\ninterrupted: finished blocks are kept; resume with\n  blockwise run {args.config}\n"
+        )
+        return 130
     sys.stdout.write(result.summary() + "\n")
     report = config.run_dir / "evaluation.json"
     evaluated = any(s.name == "evaluate" and s.done + s.skipped == s.total for s in result.stages)
@@ -36,17 +58,46 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _plan(args: argparse.Namespace) -> int:
-    from blockwise.plan import describe_plan
+def _reset(args: argparse.Namespace) -> int:
+    from blockwise.runner import reset
 
-    sys.stdout.write(describe_plan(load_config(args.config)) + "\n")
+    cleared = reset(load_config(args.config), args.stage)
+    if cleared:
+        sys.stdout.write(f"cleared: {', '.join(cleared)}\n")
+    else:
+        sys.stdout.write("nothing to clear (no run directory)\n")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from blockwise.plan import describe_plan, smoke_test
+
+    config = load_config(args.config)
+    sys.stdout.write(describe_plan(config) + "\n")
+    if args.smoke:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="blockwise-smoke-") as scratch:
+            sys.stdout.write(smoke_test(config, Path(scratch)) + "\n")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     from blockwise.status import describe_status
 
-    sys.stdout.write(describe_status(load_config(args.config)) + "\n")
+    sys.stdout.write(describe_status(load_config(args.config), args.config) + "\n")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from blockwise.config import load
+    from blockwise.train.config import TrainConfig
+    from blockwise.train.trainer import describe_result, train
+
+    result = train(
+        load(args.config, TrainConfig), iterations=args.iterations, progress=not args.no_progress
+    )
+    sys.stdout.write(describe_result(result) + "\n")
     return 0
 
 
@@ -56,6 +107,60 @@ def _synth(args: argparse.Namespace) -> int:
     synthesize_affinities_file(
         Path(args.labels), args.labels_dataset, Path(args.out), seed=args.seed
     )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from funlib.geometry import Roi
+
+    from blockwise.evaluation import evaluate_volumes, parse_dataset_arg, write_evaluation
+    from blockwise.report import format_evaluation
+    from blockwise.volume import open_volume
+
+    voxel_size = tuple(args.voxel_size) if args.voxel_size else None
+    seg = open_volume(parse_dataset_arg(args.segmentation, args.seg_dataset), voxel_size)
+    gt = open_volume(parse_dataset_arg(args.ground_truth, args.gt_dataset), voxel_size)
+    roi = Roi(args.roi[:3], args.roi[3:]) if args.roi else None
+    result = evaluate_volumes(seg, gt, roi, tuple(args.block_shape), top_k=args.top)
+    out = Path(args.out)
+    write_evaluation(result, out / "evaluation.json", out / "evaluation.png")
+    sys.stdout.write(format_evaluation(result.to_json()) + "\n")
+    sys.stdout.write(f"report: {out / 'evaluation.json'}  plot: {out / 'evaluation.png'}\n")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from blockwise.viewer import (
+        open_viewer,
+        resolve_run_dir,
+        run_layers,
+        serve_until_interrupted,
+        stop_viewer,
+        worst_selection,
+    )
+
+    run_dir = resolve_run_dir(Path(args.run))
+    layers = run_layers(run_dir)
+    selection = worst_selection(run_dir, layers) if args.segments == "worst" else None
+    try:
+        viewer = open_viewer(layers, selection, bind_address=args.bind, port=args.port)
+        sys.stdout.write(f"{viewer.get_viewer_url()}\n")
+        if selection is not None:
+            sys.stdout.write(f"selected: {selection.description}\n")
+        sys.stdout.write("serving; press Ctrl-C to stop\n")
+        sys.stdout.flush()
+        serve_until_interrupted()
+    except KeyboardInterrupt:
+        # Ctrl-C before the serving loop took over: stop just as cleanly
+        stop_viewer()
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from blockwise.report_html import write_report
+    from blockwise.viewer import resolve_run_dir
+
+    sys.stdout.write(f"{write_report(resolve_run_dir(Path(args.run)))}\n")
     return 0
 
 
@@ -69,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="run (or resume) every stage of a config")
     run.add_argument("config", help="the run's YAML config")
-    run.add_argument("--workers", type=int, help="override execution.num_workers")
+    run.add_argument("--workers", type=int, help="override execution.num_workers (>= 1)")
     run.add_argument("--in-process", action="store_true", help="no worker processes (debugging)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
@@ -77,15 +182,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept a graph store that another run (another name) wrote",
     )
+    run.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="recompute the stages whose config, inputs or code changed, and those downstream",
+    )
     run.set_defaults(func=_run)
+
+    reset = verbs.add_parser("reset", help="clear a stage and every stage downstream of it")
+    reset.add_argument("config")
+    reset.add_argument("stage", help="e.g. agglomerate")
+    reset.set_defaults(func=_reset)
 
     plan = verbs.add_parser("plan", help="dry run: blocks, ids, alignment and memory per block")
     plan.add_argument("config")
+    plan.add_argument(
+        "--smoke",
+        action="store_true",
+        help="also run the first block of each stage in-process, in a scratch directory",
+    )
     plan.set_defaults(func=_plan)
 
     status = verbs.add_parser("status", help="blocks done per stage, nodes and edges in the store")
     status.add_argument("config")
     status.set_defaults(func=_status)
+
+    train = verbs.add_parser(
+        "train", help="train (or resume training) the affinity U-Net of a training config"
+    )
+    train.add_argument("config", help="the training's YAML config")
+    train.add_argument(
+        "--iterations", type=int, help="train up to this many iterations in total (resumes)"
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
 
     synth = verbs.add_parser(
         "synth-affinities",
@@ -96,6 +226,52 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--labels-dataset", default="labels")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="VOI split/merge, adapted Rand error and the worst objects of a segmentation",
+    )
+    evaluate.add_argument(
+        "segmentation", help="FILE:DATASET (zarr or HDF5), or FILE with --seg-dataset"
+    )
+    evaluate.add_argument(
+        "ground_truth", help="FILE:DATASET, or FILE with --gt-dataset; label 0 is ignored"
+    )
+    evaluate.add_argument("--seg-dataset", help="the segmentation's dataset inside its file")
+    evaluate.add_argument("--gt-dataset", help="the ground truth's dataset inside its file")
+    evaluate.add_argument(
+        "--roi", type=int, nargs=6, metavar="NM", help="OFFSET_Z Y X SHAPE_Z Y X (nm) to score"
+    )
+    evaluate.add_argument(
+        "--block-shape",
+        type=int,
+        nargs=3,
+        default=[128, 128, 128],
+        metavar="VX",
+        help="voxels read at once (z y x)",
+    )
+    evaluate.add_argument(
+        "--voxel-size", type=int, nargs=3, metavar="NM", help="override both files' voxel size"
+    )
+    evaluate.add_argument("--top", type=int, default=10, help="worst objects listed per kind")
+    evaluate.add_argument("--out", default=".", help="folder for evaluation.json and .png")
+    evaluate.set_defaults(func=_evaluate)
+
+    view = verbs.add_parser("view", help="look at a run's inputs and outputs in neuroglancer")
+    view.add_argument("run", help="the run directory, or its config")
+    view.add_argument("--bind", default="127.0.0.1", help="address to listen on (loopback)")
+    view.add_argument("--port", type=int, default=0, help="port; 0 for any free one")
+    view.add_argument(
+        "--segments",
+        choices=["worst", "none"],
+        default="none",
+        help="worst: select the largest split and merge errors of evaluation.json",
+    )
+    view.set_defaults(func=_view)
+
+    report = verbs.add_parser("report", help="write RUN_DIR/report.html (one static page)")
+    report.add_argument("run", help="the run directory, or its config")
+    report.set_defaults(func=_report)
     return parser
 
 

@@ -303,13 +303,124 @@ class StoreConfig(Model):
     )
 
 
-class ExecutionConfig(Model):
-    """How blocks are run."""
+# SLURM's --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds, or no limit
+_SLURM_TIME = r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE)$"
+# SLURM's --mem: an integer with an optional unit (K, M, G, T; no unit means megabytes)
+_SLURM_MEMORY = r"^[1-9]\d*[KMGT]?$"
 
-    profile: Literal["local"] = "local"
+
+class SlurmStageResources(Model):
+    """What each SLURM array task of a stage asks for (one task is one worker).
+
+    Every key left unset (None) is not passed to ``sbatch``, so the
+    cluster's default applies; ``gpus`` unset means the stage's own need
+    (predict: 1, the others: 0).
+    """
+
+    cpus_per_task: int | None = Field(default=None, ge=1, description="sbatch --cpus-per-task")
+    mem: str | None = Field(
+        default=None,
+        pattern=_SLURM_MEMORY,
+        description="memory per task, sbatch --mem (e.g. 4G, 500M; no unit: megabytes)",
+    )
+    gpus: int | None = Field(
+        default=None, ge=0, description="GPUs per task, sbatch --gres=gpu:N (default: the stage's)"
+    )
+    partition: str | None = Field(default=None, min_length=1, description="sbatch --partition")
+    time: str | None = Field(
+        default=None,
+        pattern=_SLURM_TIME,
+        description="time limit per task, sbatch --time (e.g. 30, 2:00:00, 1-12:00:00)",
+    )
+    account: str | None = Field(default=None, min_length=1, description="sbatch --account")
+    extra_sbatch_args: list[str] = Field(
+        default=[],
+        description="more sbatch options, verbatim (e.g. ['--qos=high', '--constraint=a100']); "
+        "a stage's list comes after the defaults', so its options win",
+    )
+    max_parallel: int | None = Field(
+        default=None, ge=1, description="at most this many tasks of the array run at once (%K)"
+    )
+
+
+class SlurmConfig(SlurmStageResources):
+    """The ``slurm`` execution profile: one ``sbatch --array`` per stage.
+
+    The keys of :class:`SlurmStageResources` set here are the defaults of
+    every stage; ``stages`` overrides them per stage (only the keys it sets).
+    Array tasks connect back to the driver's scheduler at ``host``, so the
+    driver must be reachable from the compute nodes, and the run directory
+    (config, outputs, logs) must be on a file system they share.
+    """
+
+    stages: dict[str, SlurmStageResources] = Field(
+        default={}, description="per-stage overrides, keyed by stage name"
+    )
+    host: str | None = Field(
+        default=None,
+        min_length=1,
+        description="address the array tasks reach the driver at (default: this machine's "
+        "fully qualified name); 127.0.0.1 works on a single-node cluster",
+    )
+    max_array_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="tasks per array (default: the cluster's MaxArraySize); larger stages "
+        "are split into several arrays",
+    )
+    poll_interval_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="how often the driver asks squeue about its jobs (one query per stage)",
+    )
+    allow_sqlite_on_cluster: bool = Field(
+        default=False,
+        description="allow the embedded SQLite store: only safe when every task runs on "
+        "the driver's machine (a single-node cluster); use a mongodb:// store otherwise",
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(
+        cls, stages: dict[str, SlurmStageResources]
+    ) -> dict[str, SlurmStageResources]:
+        from blockwise.stages import STAGE_MODULES
+
+        unknown = sorted(set(stages) - set(STAGE_MODULES))
+        if unknown:
+            raise ValueError(
+                f"unknown stage(s) {unknown}; expected stage names among {list(STAGE_MODULES)}"
+            )
+        return stages
+
+    def for_stage(self, stage: str) -> SlurmStageResources:
+        """The resources of ``stage``: the defaults, with the stage's overrides applied."""
+        fields = list(SlurmStageResources.model_fields)
+        merged = {name: getattr(self, name) for name in fields}
+        override = self.stages.get(stage)
+        if override is not None:
+            for name in override.model_fields_set:
+                merged[name] = getattr(override, name)
+            merged["extra_sbatch_args"] = [*self.extra_sbatch_args, *override.extra_sbatch_args]
+        return SlurmStageResources(**merged)
+
+
+class ExecutionConfig(Model):
+    """How blocks are run.
+
+    ``profile: local`` starts ``num_workers`` worker processes on this
+    machine; ``profile: slurm`` submits one SLURM job array per stage whose
+    tasks are the workers (see :class:`SlurmConfig`).
+    """
+
+    profile: Literal["local", "slurm"] = "local"
     num_workers: int = Field(default=2, ge=1)
     max_retries: int = Field(default=2, ge=0)
     block_timeout_s: float = Field(default=600.0, gt=0)
+    slurm: SlurmConfig = Field(
+        default=SlurmConfig(), description="the slurm profile's settings (read when profile: slurm)"
+    )
 
 
 class RunConfig(Model):

@@ -26,6 +26,7 @@ class BlockFailure:
     write_roi: str
     error: str
     traceback: str
+    is_deterministic: bool = False
 
 
 def _path(run_dir: Path, stage: str, block_index: int) -> Path:
@@ -40,8 +41,13 @@ def record_failure(
     write_roi: Roi,
     error: BaseException,
     traceback: str,
+    is_deterministic: bool = False,
 ) -> None:
-    """Write (replace) the failure record of one block."""
+    """Write (replace) the failure record of one block.
+
+    ``is_deterministic`` marks errors that a retry would only repeat (bad input
+    values, a corrupt chunk); a retry of such a block fails at once.
+    """
     path = _path(run_dir, stage, block_index)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = BlockFailure(
@@ -51,10 +57,19 @@ def record_failure(
         str(write_roi),
         f"{type(error).__name__}: {error}",
         traceback,
+        is_deterministic,
     )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(record), indent=1))
     tmp.replace(path)
+
+
+def read_failure(run_dir: Path, stage: str, block_index: int) -> BlockFailure | None:
+    """The failure record of one block, if there is one."""
+    path = _path(run_dir, stage, block_index)
+    if not path.is_file():
+        return None
+    return BlockFailure(**json.loads(path.read_text()))
 
 
 def clear_failure(run_dir: Path, stage: str, block_index: int) -> None:

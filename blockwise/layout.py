@@ -57,9 +57,19 @@ class RunLayout:
         """The lookup table file of one threshold."""
         return self.lut_dir / f"{threshold_name(threshold)}.npz"
 
-    def tracking_dir(self, stage: str, stage_hash: str) -> Path:
-        """daisy's done markers of one stage, keyed by the hash of what produced them."""
-        return self.run_dir / "tracking" / f"{stage}-{stage_hash}"
+    def tracking_dir(self, stage: str) -> Path:
+        """daisy's done markers of one stage (what produced them: :attr:`run_state`)."""
+        return self.run_dir / "tracking" / stage
+
+    @property
+    def run_state(self) -> Path:
+        """Per stage, the hash and ingredients of what produced its finished blocks."""
+        return self.run_dir / "run_state.json"
+
+    @property
+    def lock_path(self) -> Path:
+        """The driver lock: one driver per run directory."""
+        return self.run_dir / "driver.lock"
 
     @property
     def failures_dir(self) -> Path:

@@ -100,7 +100,22 @@ def scores(contingency: Contingency) -> Scores:
     Raises:
         ValueError: if no voxel with a ground-truth label was counted.
     """
-    gt, seg, count = contingency.table()
+    return table_scores(*contingency.table())
+
+
+def table_scores(
+    gt: NDArray[np.uint64], seg: NDArray[np.uint64], count: NDArray[np.int64]
+) -> Scores:
+    """:func:`scores` of a sparse table of (gt, seg, voxel count) triples.
+
+    Args:
+        gt: ground-truth label of each pair (0 must already be left out).
+        seg: segment id of each pair.
+        count: voxels of each pair; each (gt, seg) pair appears once.
+
+    Raises:
+        ValueError: if the table counts no voxel.
+    """
     total = int(count.sum())
     if total == 0:
         raise ValueError("no voxel with a non-zero ground-truth label was counted")
@@ -118,3 +133,54 @@ def scores(contingency: Contingency) -> Scores:
     denominator = 0.5 * sum_gt + 0.5 * sum_seg
     arand = 1.0 - sum_pairs / denominator if denominator > 0 else 0.0
     return Scores(voi_split, voi_merge, arand, total)
+
+
+@dataclass(frozen=True)
+class ErrorContributions:
+    """How much each object adds to VOI split and VOI merge (bits).
+
+    VOI split is a sum over ground-truth bodies g of
+    ``-sum_s p(g, s) log2(p(g, s) / p(g))`` (how badly g is cut into
+    segments); VOI merge the same sum over segments s with the roles swapped
+    (how many bodies s joins). The per-object terms add up to the totals.
+
+    Attributes:
+        gt_ids: ground-truth bodies, ascending.
+        split_bits: each body's term of VOI split.
+        seg_ids: segments, ascending.
+        merge_bits: each segment's term of VOI merge.
+    """
+
+    gt_ids: NDArray[np.uint64]
+    split_bits: NDArray[np.float64]
+    seg_ids: NDArray[np.uint64]
+    merge_bits: NDArray[np.float64]
+
+
+def error_contributions(
+    gt: NDArray[np.uint64], seg: NDArray[np.uint64], count: NDArray[np.int64]
+) -> ErrorContributions:
+    """Per-body VOI split and per-segment VOI merge terms of a sparse table.
+
+    Raises:
+        ValueError: if the table counts no voxel.
+    """
+    total = int(count.sum())
+    if total == 0:
+        raise ValueError("no voxel with a non-zero ground-truth label was counted")
+    n = count.astype(np.float64)
+    p = n / total
+    gt_ids, gt_inverse = np.unique(gt, return_inverse=True)
+    seg_ids, seg_inverse = np.unique(seg, return_inverse=True)
+    gt_size = np.bincount(gt_inverse, weights=n)[gt_inverse]
+    seg_size = np.bincount(seg_inverse, weights=n)[seg_inverse]
+    split_terms = -p * np.log2(n / gt_size)
+    merge_terms = -p * np.log2(n / seg_size)
+    split_bits = np.bincount(gt_inverse, weights=split_terms, minlength=gt_ids.size)
+    merge_bits = np.bincount(seg_inverse, weights=merge_terms, minlength=seg_ids.size)
+    return ErrorContributions(
+        gt_ids.astype(np.uint64),
+        np.maximum(split_bits, 0.0),
+        seg_ids.astype(np.uint64),
+        np.maximum(merge_bits, 0.0),
+    )

@@ -8,6 +8,7 @@ what is unfinished.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +18,17 @@ from daisy import logging as daisy_logging
 
 from blockwise import failures
 from blockwise.config import RunConfig
-from blockwise.errors import StoreError
+from blockwise.driver_lock import DriverLock
+from blockwise.errors import ConfigError, RunChangedError, StoreError
 from blockwise.execution import open_profile
 from blockwise.failures import BlockFailure
 from blockwise.geometry import voxels
+from blockwise.layout import RunLayout
 from blockwise.progress import StageProgress, StageSummary, format_summary
 from blockwise.run_context import RunContext
+from blockwise.run_state import clear_stage, find_changes, refusal_message, write_state
 from blockwise.stage import Stage, Tiling
-from blockwise.stages import active_stages, stage_hash
+from blockwise.stages import active_stages, downstream, stage_hash
 from blockwise.tasks import build_pipeline
 
 logger = logging.getLogger(__name__)
@@ -84,58 +88,135 @@ def validate(config: RunConfig) -> tuple[RunContext, list[tuple[Stage, Tiling]]]
     return ctx, stages
 
 
-def claim_store(ctx: RunContext, adopt: bool = False) -> None:
-    """Record this run's name and config hash in the store, refusing another run's store.
+def check_run_dir(run_dir: Path) -> None:
+    """The run directory can be used: a directory (or creatable), writable.
+
+    Raises:
+        ConfigError: naming the path and what is wrong with it.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {run_dir} is a file, not a directory; choose another run_dir")
+    probe = run_dir if run_dir.exists() else next(p for p in run_dir.parents if p.exists())
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"run_dir {run_dir} cannot be written ({probe} is not a writable directory)"
+        )
+
+
+def check_store_owner(ctx: RunContext, adopt: bool = False) -> None:
+    """Refuse a graph store written by a run of another name (reads only).
 
     Raises:
         StoreError: if the store was written by a run of another name and
             ``adopt`` is False.
     """
     config = ctx.config
-    store = ctx.store
-    owner = store.get_meta(RUN_NAME_KEY)
-    written_by = store.get_meta(CONFIG_HASH_KEY)
-    config_hash = stage_hash(config, active_stages(config)[-1].name)
+    uri = config.store.uri or ctx.layout.default_store_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return
+    owner = ctx.store.get_meta(RUN_NAME_KEY)
     if owner is not None and owner != config.name and not adopt:
+        written_by = ctx.store.get_meta(CONFIG_HASH_KEY)
         raise StoreError(
-            f"graph store {store.uri} holds the graph of run {owner!r} (config hash "
+            f"graph store {ctx.store.uri} holds the graph of run {owner!r} (config hash "
             f"{written_by}), not of {config.name!r}; use another store URI or run "
             "directory, or pass --adopt-store to take it over"
         )
-    if written_by is not None and written_by != config_hash:
-        logger.info(
-            "the config changed since the store was written (%s -> %s): stages whose "
-            "parameters changed run again",
-            written_by,
-            config_hash,
-        )
-    store.set_meta(RUN_NAME_KEY, config.name)
-    store.set_meta(CONFIG_HASH_KEY, config_hash)
+
+
+def check_changes(ctx: RunContext, stages: list[Stage], rerun_changed: bool) -> list[Stage]:
+    """The stages to clear before running: changed ones and everything downstream.
+
+    Raises:
+        RunChangedError: if a stage has finished blocks of other ingredients and
+            ``rerun_changed`` is False (nothing is written).
+    """
+    changes = find_changes(ctx.config, stages)
+    if any(c.blocks_done for c in changes) and not rerun_changed:
+        raise RunChangedError(refusal_message(ctx.run_dir, changes))
+    names = {c.stage for c in changes}
+    for change in changes:
+        names |= {s.name for s in downstream(ctx.config, change.stage)}
+    return [s for s in stages if s.name in names]
 
 
 def prepare(
-    config: RunConfig, adopt_store: bool = False
+    config: RunConfig,
+    adopt_store: bool = False,
+    rerun_changed: bool = False,
+    lock: DriverLock | None = None,
 ) -> tuple[RunContext, list[tuple[Stage, Tiling]]]:
-    """Validate, then create the run directory, outputs and store.
+    """Check everything that can refuse the run, then create its directory, outputs and store.
+
+    Every refusal (inputs, config, run directory, another driver, another run's
+    store, changed config or inputs) comes before anything is written.
+
+    Args:
+        config: the run.
+        adopt_store: accept a graph store another run wrote.
+        rerun_changed: recompute stages whose config or inputs changed (and downstream).
+        lock: the driver lock to take (None: no lock, for tests and notebooks).
 
     Returns:
         the run context and each active stage with its tiling.
 
     Raises:
-        StoreError: if the store holds another run's graph (see :func:`claim_store`).
+        ConfigError, InputError, StoreError, RunLockedError, RunChangedError.
     """
     ctx, stages = validate(config)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    config.dump(ctx.layout.config_path)
-    if ctx.predicts:
-        _ = ctx.predicted_affinities
-    _ = ctx.fragments
-    for threshold in config.segments.thresholds:
-        ctx.segmentation(threshold)
-    claim_store(ctx, adopt_store)
-    ctx.close()
-    failures.clear_all(config.run_dir)
+    check_run_dir(config.run_dir)
+    check_store_owner(ctx, adopt_store)
+    if lock is not None:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    try:
+        stale = check_changes(ctx, [s for s, _ in stages], rerun_changed)
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        for stage in stale:
+            logger.info("clearing %s: its config or inputs changed", stage.name)
+            clear_stage(ctx, stage)
+        config.dump(ctx.layout.config_path)
+        if ctx.predicts:
+            _ = ctx.predicted_affinities
+        _ = ctx.fragments
+        for threshold in config.segments.thresholds:
+            ctx.segmentation(threshold)
+        ctx.store.set_meta(RUN_NAME_KEY, config.name)
+        ctx.store.set_meta(CONFIG_HASH_KEY, stage_hash(config, active_stages(config)[-1].name))
+        write_state(ctx.layout, config, [s for s, _ in stages])
+        ctx.close()
+        failures.clear_all(config.run_dir)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     return ctx, stages
+
+
+def reset(config: RunConfig, stage_name: str) -> list[str]:
+    """Clear ``stage_name`` and every stage downstream of it (markers, outputs, records).
+
+    Returns:
+        the names of the stages cleared.
+
+    Raises:
+        RunLockedError: if a driver is running on the run directory.
+        ValueError: if the stage is unknown or not part of this run.
+    """
+    if stage_name not in {s.name for s in active_stages(config)}:
+        raise ConfigError(
+            f"stage {stage_name!r} is not part of run {config.name}; its stages are "
+            f"{[s.name for s in active_stages(config)]}"
+        )
+    ctx = RunContext(config)
+    if not config.run_dir.is_dir():
+        return []
+    with DriverLock(ctx.layout.lock_path):
+        cleared = downstream(config, stage_name)
+        for stage in cleared:
+            clear_stage(ctx, stage)
+        ctx.close()
+    return [s.name for s in cleared]
 
 
 def run(
@@ -143,6 +224,7 @@ def run(
     multiprocessing: bool = True,
     progress: bool = True,
     adopt_store: bool = False,
+    rerun_changed: bool = False,
 ) -> RunResult:
     """Run every stage of ``config`` to completion (or failure).
 
@@ -152,9 +234,11 @@ def run(
             False runs them one by one in this process.
         progress: draw per-stage progress bars.
         adopt_store: accept a graph store written by a run of another name.
+        rerun_changed: recompute stages whose config or inputs changed (and downstream).
     """
     start = time.monotonic()
-    ctx, stages = prepare(config, adopt_store)
+    lock = DriverLock(RunLayout(config.run_dir).lock_path)
+    ctx, stages = prepare(config, adopt_store, rerun_changed, lock)
     daisy_logging.set_log_basedir(str(ctx.layout.logs_dir))
     profile = open_profile(ctx, in_process=not multiprocessing)
     names = [s.name for s, _ in stages]
@@ -171,6 +255,11 @@ def run(
         )
     finally:
         profile.teardown()
+        lock.release()
+    # the in-process profile times its stages itself (daisy's serial mode reports
+    # no progress while blocks run)
+    stage_seconds = getattr(profile, "stage_seconds", None)
+    measured: dict[str, float] = stage_seconds() if callable(stage_seconds) else {}
     summaries = []
     messages = []
     for stage, tiling in stages:
@@ -184,7 +273,7 @@ def run(
                 done=int(state.completed_count) - skipped,
                 skipped=skipped,
                 failed=int(state.failed_count) + int(state.orphaned_count),
-                wall_s=observer.timings[name].wall_s,
+                wall_s=measured.get(name, observer.timings[name].wall_s),
                 megavoxels=voxels(tiling.data_roi, tiling.voxel_size) / 1e6,
             )
         )

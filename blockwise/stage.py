@@ -155,6 +155,9 @@ class Stage:
             checkpoint's content hash); they key the done markers like sections do.
         check: validation beyond the config models that must pass before anything
             is written (e.g. the checkpoint fits the architecture, a GPU exists).
+        inputs: the ``inputs`` entries the stage reads (their files' identities key
+            its done markers).
+        clear_outputs: removes everything the stage wrote (``reset``, ``--rerun-changed``).
     """
 
     name: str
@@ -167,6 +170,8 @@ class Stage:
     resources: Callable[[RunConfig], Resources] = _no_resources
     identity: Callable[[RunConfig], dict[str, str]] = _no_identity
     check: Callable[[RunContext], None] = _no_check
+    inputs: tuple[str, ...] = ()
+    clear_outputs: Callable[[RunContext], None] = _no_check
 
 
 def single_function(function: Callable[[RunContext, StageBlock], None]) -> Setup:

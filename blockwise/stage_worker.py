@@ -9,16 +9,23 @@ it. :class:`StageWorker` enters a stage's per-worker setup at the first block
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from contextlib import ExitStack
 
 from funlib.geometry import Roi
 
 from blockwise import failures
+from blockwise.errors import BlockFailedError, CheckpointError, ConfigError, InputError
 from blockwise.run_context import RunContext
 from blockwise.stage import BlockFunction, Stage, Tiling
 
 logger = logging.getLogger(__name__)
+
+# errors a retry of the same block would only repeat: bad input values, a corrupt
+# chunk, a config or checkpoint that does not fit (transient ones, such as a
+# StoreError while a server restarts, are retried)
+DETERMINISTIC_ERRORS = (InputError, ConfigError, CheckpointError)
 
 
 class StageWorker:
@@ -35,6 +42,9 @@ class StageWorker:
         self._tiling: Tiling | None = None
         self._function: BlockFunction | None = None
         self._exit = ExitStack()
+        #: monotonic seconds when the first block started and the last one ended
+        self.first_start: float | None = None
+        self.last_end: float | None = None
 
     @property
     def tiling(self) -> Tiling:
@@ -49,7 +59,21 @@ class StageWorker:
         Raises:
             Exception: whatever the stage raised, after it was recorded.
         """
+        if self.first_start is None:
+            self.first_start = time.monotonic()
+        try:
+            self._process(read_roi, write_roi)
+        finally:
+            self.last_end = time.monotonic()
+
+    def _process(self, read_roi: Roi, write_roi: Roi) -> None:
         block = self.tiling.block(self.stage.name, read_roi, write_roi)
+        earlier = failures.read_failure(self.ctx.run_dir, self.stage.name, block.index)
+        if earlier is not None and earlier.is_deterministic:
+            # this run already saw the block fail for a reason a retry repeats
+            raise BlockFailedError(
+                f"{self.stage.name} block {block.index} not retried: {earlier.error}"
+            )
         try:
             if self._function is None:
                 self._function = self._exit.enter_context(self.stage.setup(self.ctx))
@@ -63,6 +87,7 @@ class StageWorker:
                 block.write_roi,
                 e,
                 traceback.format_exc(),
+                is_deterministic=isinstance(e, DETERMINISTIC_ERRORS),
             )
             logger.error(
                 "%s block %d (write ROI %s) failed: %s",

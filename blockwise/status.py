@@ -1,64 +1,69 @@
 """``blockwise status``: how far a run got, read without running anything.
 
-Blocks done come from daisy's done markers (one byte per block in a zarr v3
-array ``done`` inside each stage's tracking directory, keyed by the stage's
-config hash, so markers of other parameters do not count); node and edge
-counts come from the graph store.
+Blocks done come from daisy's done markers in each stage's tracking directory;
+whether they belong to this config (and these inputs and code) from the run
+state (:mod:`blockwise.run_state`); whether a driver runs now from the driver
+lock; failed blocks from the failure records; node and edge counts from the
+graph store.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
-
 from blockwise.config import RunConfig
+from blockwise.driver_lock import holder, is_locked
 from blockwise.failures import read_failures
 from blockwise.run_context import RunContext
+from blockwise.run_state import blocks_done, find_changes
 from blockwise.stages import active_stages
-from blockwise.tasks import tracking_path
 
 
-def blocks_done(tracking_dir: Path) -> int:
-    """Number of blocks marked done in a daisy tracking directory (0 if none)."""
-    meta_path = tracking_dir / "done" / "zarr.json"
-    if not meta_path.exists():
-        return 0
-    meta = json.loads(meta_path.read_text())
-    chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
-    shape = meta["shape"]
-    done = 0
-    for path in (tracking_dir / "done" / "c").rglob("*"):
-        if not path.is_file():
-            continue
-        index = [int(p) for p in path.relative_to(tracking_dir / "done" / "c").parts]
-        data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-        # cells of edge chunks beyond the array's shape are padding
-        extent = [min(c, s - i * c) for c, s, i in zip(chunk, shape, index, strict=True)]
-        cells = data.reshape(chunk)[tuple(slice(0, e) for e in extent)]
-        done += int(np.count_nonzero(cells))
-    return done
-
-
-def describe_status(config: RunConfig) -> str:
-    """A text table of blocks done per stage and the graph store's size."""
+def describe_status(config: RunConfig, config_path: Path | str | None = None) -> str:
+    """A text report: driver, per-stage blocks done / failed / pending, failures, store."""
     ctx = RunContext(config)
+    layout = ctx.layout
     lines = [f"run {config.name} in {config.run_dir}"]
     if not config.run_dir.exists():
         lines.append("not started (no run directory)")
         return "\n".join(lines)
-    lines.append(f"{'stage':<18}{'blocks':>8}{'done':>8}")
-    for stage in active_stages(config):
-        done = blocks_done(tracking_path(ctx, stage.name))
-        lines.append(f"{stage.name:<18}{stage.tiling(ctx).num_blocks:>8}{done:>8}")
+    stages = active_stages(config)
+    failures = read_failures(config.run_dir)
+    failed_per_stage: dict[str, int] = {}
+    for f in failures:
+        failed_per_stage[f.stage] = failed_per_stage.get(f.stage, 0) + 1
+    lines.append(f"{'stage':<18}{'blocks':>8}{'done':>8}{'failed':>8}{'pending':>9}")
+    complete = True
+    for stage in stages:
+        total = stage.tiling(ctx).num_blocks
+        done = blocks_done(layout.tracking_dir(stage.name))
+        failed = failed_per_stage.get(stage.name, 0)
+        complete &= done >= total
+        lines.append(
+            f"{stage.name:<18}{total:>8}{done:>8}{failed:>8}{max(total - done - failed, 0):>9}"
+        )
+    command = f"blockwise run {config_path or '<config>'}"
+    if is_locked(layout.lock_path):
+        lines.append(f"a driver is running now: {holder(layout.lock_path)}")
+    elif not complete:
+        lines.append(f"interrupted or unfinished; resume with: {command}")
+    else:
+        lines.append("finished")
+    changes = [c for c in find_changes(config, stages) if c.blocks_done]
+    if changes:
+        names = ", ".join(f"{c.stage} ({c.blocks_done} blocks)" for c in changes)
+        lines.append(
+            f"outputs of OTHER config/inputs/code in: {names}; `{command} --rerun-changed` "
+            "recomputes them"
+        )
+    else:
+        lines.append("outputs belong to this config, these inputs and this code version")
+    if failures:
+        lines.append(f"{len(failures)} failed block(s) in the last run:")
+        lines += [f"  {f.stage} block {f.block_index} {f.write_roi}: {f.error}" for f in failures]
     store = ctx.store
     lines.append(
         f"graph store {store.uri}: {store.count_nodes()} nodes, {store.count_edges()} edges"
     )
-    failures = read_failures(config.run_dir)
-    if failures:
-        lines.append(f"{len(failures)} failed block(s) in the last run:")
-        lines += [f"  {f.stage} block {f.block_index} {f.write_roi}: {f.error}" for f in failures]
     ctx.close()
     return "\n".join(lines)

@@ -20,14 +20,13 @@ from funlib.geometry import Coordinate, Roi
 from blockwise.execution import ExecutionProfile
 from blockwise.run_context import RunContext
 from blockwise.stage import Stage
-from blockwise.stages import stage_hash
 
 logger = logging.getLogger(__name__)
 
 
 def tracking_path(ctx: RunContext, stage: str) -> Path:
-    """Where daisy keeps a stage's done markers, keyed by the stage's cumulative hash."""
-    return ctx.layout.tracking_dir(stage, stage_hash(ctx.config, stage))
+    """Where daisy keeps a stage's done markers (valid for the hash in the run state)."""
+    return ctx.layout.tracking_dir(stage)
 
 
 def build_task(

@@ -202,3 +202,12 @@ def create_zarr_volume(
         array.attrs["resolution"] = list(voxel_size)
         array.attrs["axis_names"] = (["c^"] if num_channels else []) + ["z", "y", "x"]
     return Volume(path, dataset, voxel_size, roi, num_channels, np.dtype(dtype), array)
+
+
+def remove_dataset(path: Path, dataset: str) -> None:
+    """Delete an array (or group) of a zarr container, if it is there."""
+    if not path.exists():
+        return
+    root = zarr.open_group(str(path), mode="a")
+    if dataset in root:
+        del root[dataset]

@@ -9,17 +9,10 @@ before it gets here.
 from libc.stdint cimport int64_t
 
 
-cdef inline int64_t _find(int64_t* parent, int64_t element) noexcept nogil:
-    """Return the root of ``element`` and point every element on its path at it."""
-    cdef int64_t root = element
-    cdef int64_t next_element
-    while parent[root] != root:
-        root = parent[root]
-    while parent[element] != root:
-        next_element = parent[element]
-        parent[element] = root
-        element = next_element
-    return root
+cdef extern from "union_find.hpp" namespace "blockwise::union_find" nogil:
+    # the shared union-find (union by size, path compression): see union_find.hpp
+    I _find "blockwise::union_find::find"[I](I* parent, I element) noexcept
+    I _link "blockwise::union_find::link"[I, S](I* parent, S* size, I root_a, I root_b) noexcept
 
 
 def union_pairs(int64_t[::1] parent not None, int64_t[::1] size not None,
@@ -30,19 +23,13 @@ def union_pairs(int64_t[::1] parent not None, int64_t[::1] size not None,
     of ``b[k]`` goes under the root of ``a[k]``.
     """
     cdef Py_ssize_t k
-    cdef int64_t root_a, root_b, swap
+    cdef int64_t root_a, root_b
     with nogil:
         for k in range(a.shape[0]):
             root_a = _find(&parent[0], a[k])
             root_b = _find(&parent[0], b[k])
-            if root_a == root_b:
-                continue
-            if size[root_a] < size[root_b]:
-                swap = root_a
-                root_a = root_b
-                root_b = swap
-            parent[root_b] = root_a
-            size[root_a] += size[root_b]
+            if root_a != root_b:
+                _link(&parent[0], &size[0], root_a, root_b)
 
 
 def find_roots(int64_t[::1] parent not None, int64_t[::1] out not None):

@@ -57,6 +57,8 @@
 #include <utility>
 #include <vector>
 
+#include "union_find.hpp"
+
 namespace blockwise {
 namespace region_merging {
 
@@ -1356,29 +1358,23 @@ inline void segment(const std::uint64_t* fragments, std::size_t n, const std::ui
                     const std::uint64_t* v, const float* merge_score, std::size_t n_edges, float threshold,
                     std::uint64_t* out) {
 	FragmentIndex index(2 * n_edges);
-	std::vector<std::size_t> parent;
+	union_find::DisjointSets<std::size_t> regions;
 	std::vector<std::uint64_t> smallest;  // per root: the smallest id of its region
 	auto node = [&](std::uint64_t id) {
 		std::size_t i = index.find_or_insert(id);
-		if (i == parent.size()) {
-			parent.push_back(i);
+		if (i == regions.count()) {
+			regions.add();
 			smallest.push_back(id);
 		}
 		return i;
 	};
-	auto root = [&](std::size_t i) {
-		while (parent[i] != i) {
-			parent[i] = parent[parent[i]];  // path halving
-			i = parent[i];
-		}
-		return i;
+	auto keep_smallest = [&](std::size_t keep, std::size_t gone) {
+		smallest[keep] = std::min(smallest[keep], smallest[gone]);
 	};
 	for (std::size_t e = 0; e < n_edges; e++) {
-		const std::size_t a = root(node(u[e])), b = root(node(v[e]));
-		if (!(merge_score[e] < threshold) || a == b) continue;  // NaN: never merged
-		const std::size_t keep = std::min(a, b), gone = std::max(a, b);
-		parent[gone] = keep;
-		smallest[keep] = std::min(smallest[keep], smallest[gone]);
+		const std::size_t a = node(u[e]), b = node(v[e]);
+		if (!(merge_score[e] < threshold)) continue;  // NaN: never merged
+		regions.unite(a, b, keep_smallest);
 	}
 	// runs of equal ids are the rule in a fragment volume
 	std::uint64_t last = 0, last_label = 0;
@@ -1387,7 +1383,7 @@ inline void segment(const std::uint64_t* fragments, std::size_t n, const std::ui
 		if (id != last) {
 			last = id;
 			const std::size_t j = index.find(id);
-			last_label = j == FragmentIndex::kNotFound ? id : smallest[root(j)];
+			last_label = j == FragmentIndex::kNotFound ? id : smallest[regions.find(j)];
 		}
 		out[i] = last_label;
 	}

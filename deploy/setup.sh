@@ -20,6 +20,11 @@ if [ "${1:-}" = "--test" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libboost-dev >/dev/null) \
       || echo "setup: could not install libboost-dev; waterz's exact-quantile reference tests will fail" >&2
   fi
+  # the viewer and report tests render pages in a real headless Chromium (Debian's package)
+  if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+      || echo "setup: could not install chromium; the viewer and report page tests will fail" >&2
+  fi
 fi
 python -c "import blockwise.kernels._region_merging" >/dev/null
 echo "setup: ready (.venv)"

@@ -6,6 +6,9 @@ One module per profile:
   notebooks, pdb);
 - :mod:`~blockwise.execution.local`: worker processes on this machine, the
   worker program ``workers/block_worker.py`` (GPU stages get one device each);
+- :mod:`~blockwise.execution.slurm`: one ``sbatch --array`` per stage whose
+  tasks run the same worker program as pull workers of the driver's scheduler
+  (``execution.profile: slurm``).
 
 A profile gives daisy each stage's process function, names the host the
 scheduler listens on, and tears down whatever it started (always: on
@@ -48,11 +51,19 @@ class ExecutionProfile(Protocol):
 
 
 def open_profile(ctx: RunContext, in_process: bool = False) -> ExecutionProfile:
-    """The profile a run uses: ``execution.profile``, or in-process when asked."""
+    """The profile a run uses: ``execution.profile``, or in-process when asked.
+
+    Raises:
+        ConfigError, SlurmError: if the slurm profile cannot run this config here.
+    """
     if in_process:
         from blockwise.execution.in_process import InProcessProfile
 
         return InProcessProfile()
+    if ctx.config.execution.profile == "slurm":
+        from blockwise.execution.slurm import SlurmProfile
+
+        return SlurmProfile(ctx)
     from blockwise.execution.local import LocalProfile
 
     return LocalProfile(ctx.layout.config_path)

@@ -44,8 +44,15 @@ class InProcessProfile:
         self._workers.append(worker)
         return InProcessBlock(worker)
 
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds from each stage's first block starting to its last block ending."""
+        return {
+            w.stage.name: w.last_end - w.first_start
+            for w in self._workers
+            if w.first_start is not None and w.last_end is not None
+        }
+
     def teardown(self) -> None:
         """Leave every stage's setup."""
         for worker in self._workers:
             worker.close()
-        self._workers.clear()

@@ -9,7 +9,6 @@ scheduler, ``plan``, ``status``, the runner and the worker iterate over
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from functools import cache
 from typing import TYPE_CHECKING
@@ -61,20 +60,13 @@ def lineage(config: RunConfig, name: str) -> list[Stage]:
     return [s for s in active.values() if s.name in seen]
 
 
+def downstream(config: RunConfig, name: str) -> list[Stage]:
+    """``name``'s stage and every active stage that reads its outputs (transitively)."""
+    return [s for s in active_stages(config) if name in {u.name for u in lineage(config, s.name)}]
+
+
 def stage_hash(config: RunConfig, name: str) -> str:
-    """The hash keying ``name``'s done markers: its sections and identities and all upstream."""
-    stages = lineage(config, name)
-    sections = sorted({section for s in stages for section in s.sections})
-    extra: dict[str, str] = {}
-    for s in stages:
-        extra.update(s.identity(config))
-    return config.stage_hash(*sections, extra=extra)
+    """The hash of everything that produced ``name``'s outputs (see :mod:`blockwise.identity`)."""
+    from blockwise.identity import ingredients_hash, stage_ingredients
 
-
-def file_identity(path: str) -> str:
-    """A content hash of a file, for :attr:`Stage.identity` (streamed, sha256, 16 hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return ingredients_hash(stage_ingredients(config, name))

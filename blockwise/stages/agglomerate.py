@@ -92,6 +92,11 @@ def setup(ctx: RunContext) -> Iterator[BlockFunction]:
     yield lambda block: process_block(ctx, block)
 
 
+def clear_outputs(ctx: RunContext) -> None:
+    """Remove every edge."""
+    ctx.store.clear("edges")
+
+
 # affinities float32 x3, fragments, basins, region graph
 STAGE = Stage(
     name=NAME,
@@ -101,4 +106,6 @@ STAGE = Stage(
     tiling=tiling,
     setup=setup,
     bytes_per_voxel=40,
+    inputs=("affinities",),
+    clear_outputs=clear_outputs,
 )

@@ -125,6 +125,12 @@ def is_enabled(config: RunConfig) -> bool:
     return config.evaluate.enabled and config.inputs.ground_truth is not None
 
 
+def clear_outputs(ctx: RunContext) -> None:
+    """Remove the report and its plot."""
+    ctx.layout.evaluation_json.unlink(missing_ok=True)
+    ctx.layout.evaluation_png.unlink(missing_ok=True)
+
+
 STAGE = Stage(
     name=NAME,
     sections=("evaluate",),
@@ -132,4 +138,6 @@ STAGE = Stage(
     tiling=tiling,
     setup=single_function(process_block),
     is_enabled=is_enabled,
+    inputs=("ground_truth",),
+    clear_outputs=clear_outputs,
 )

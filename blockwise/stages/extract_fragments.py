@@ -19,9 +19,11 @@ from funlib.geometry import Coordinate, Roi
 from blockwise.fragments import fragments_for_config
 from blockwise.geometry import roi_slices
 from blockwise.kernels.relabel import consecutive
+from blockwise.layout import FRAGMENTS_DATASET
 from blockwise.run_context import RunContext
 from blockwise.stage import BlockFunction, Stage, StageBlock, Tiling
 from blockwise.store import NodeTable
+from blockwise.volume import remove_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,12 @@ def setup(ctx: RunContext) -> Iterator[BlockFunction]:
     yield lambda block: process_block(ctx, block)
 
 
+def clear_outputs(ctx: RunContext) -> None:
+    """Remove the fragments and their nodes."""
+    remove_dataset(ctx.output_path, FRAGMENTS_DATASET)
+    ctx.store.clear("nodes")
+
+
 # affinities float32 x3, fragments, surface, distance transform, labels, a heap entry
 STAGE = Stage(
     name=NAME,
@@ -93,4 +101,6 @@ STAGE = Stage(
     tiling=tiling,
     setup=setup,
     bytes_per_voxel=64,
+    inputs=("affinities", "mask"),
+    clear_outputs=clear_outputs,
 )

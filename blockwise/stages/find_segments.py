@@ -19,6 +19,7 @@ Where the merge scores come from is the ``segments.method``:
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable
 
 import numpy as np
@@ -167,10 +168,16 @@ def tiling(ctx: RunContext) -> Tiling:
     return Tiling(ctx.data_roi, ctx.voxel_size)
 
 
+def clear_outputs(ctx: RunContext) -> None:
+    """Remove every lookup table."""
+    shutil.rmtree(ctx.layout.lut_dir, ignore_errors=True)
+
+
 STAGE = Stage(
     name=NAME,
     sections=("segments",),
     upstream=("agglomerate",),
     tiling=tiling,
     setup=single_function(process_block),
+    clear_outputs=clear_outputs,
 )

@@ -32,10 +32,11 @@ from funlib.geometry import Coordinate, Roi
 from blockwise.config import PredictConfig, RunConfig
 from blockwise.errors import ConfigError
 from blockwise.geometry import roi_slices
+from blockwise.identity import file_content_identity
+from blockwise.layout import AFFINITIES_DATASET
 from blockwise.run_context import RunContext
 from blockwise.stage import BlockFunction, Resources, Stage, StageBlock, Tiling
-from blockwise.stages import file_identity
-from blockwise.volume import Volume
+from blockwise.volume import Volume, remove_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +287,12 @@ def identity(config: RunConfig) -> dict[str, str]:
     """The checkpoint's content: a retrained checkpoint invalidates predict and downstream."""
     predict = config.predict
     assert predict is not None
-    path = predict.checkpoint
-    return {"checkpoint": file_identity(str(path)) if path.is_file() else f"missing:{path}"}
+    return {"checkpoint": file_content_identity(predict.checkpoint)}
+
+
+def clear_outputs(ctx: RunContext) -> None:
+    """Remove the predicted affinities."""
+    remove_dataset(ctx.output_path, AFFINITIES_DATASET)
 
 
 # raw tile + padded input float32, activations of the first level (~ 2 x fmaps x 4 B)
@@ -302,4 +307,6 @@ STAGE = Stage(
     resources=resources,
     identity=identity,
     check=check,
+    inputs=("raw",),
+    clear_outputs=clear_outputs,
 )

@@ -12,9 +12,11 @@ from contextlib import contextmanager
 
 from funlib.geometry import Coordinate
 
+from blockwise.layout import SEGMENTATION_GROUP
 from blockwise.lut import PreparedTable
 from blockwise.run_context import RunContext
 from blockwise.stage import BlockFunction, Stage, StageBlock, Tiling
+from blockwise.volume import remove_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,11 @@ def setup(ctx: RunContext) -> Iterator[BlockFunction]:
     yield lambda block: relabel_block(ctx, tables, block)
 
 
+def clear_outputs(ctx: RunContext) -> None:
+    """Remove every segmentation."""
+    remove_dataset(ctx.output_path, SEGMENTATION_GROUP)
+
+
 # fragments and one segmentation, uint64 each, plus the relabel output
 STAGE = Stage(
     name=NAME,
@@ -51,4 +58,5 @@ STAGE = Stage(
     tiling=tiling,
     setup=setup,
     bytes_per_voxel=24,
+    clear_outputs=clear_outputs,
 )

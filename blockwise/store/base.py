@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 from funlib.geometry import Roi
@@ -71,6 +72,10 @@ class GraphStore(ABC):
     @abstractmethod
     def count_edges(self) -> int:
         """Number of edges."""
+
+    @abstractmethod
+    def clear(self, table: Literal["nodes", "edges"]) -> None:
+        """Remove every node (or every edge): a stage's outputs when it is reset."""
 
     @abstractmethod
     def get_meta(self, key: str) -> str | None:

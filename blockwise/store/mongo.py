@@ -46,7 +46,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import bson
 import numpy as np
@@ -547,6 +547,11 @@ class MongoGraphStore(GraphStore):
 
     def count_edges(self) -> int:
         return self._retry("counting edges", lambda: self._collection("edges").count_documents({}))
+
+    def clear(self, table: Literal["nodes", "edges"]) -> None:
+        if table not in ("nodes", "edges"):
+            raise ValueError(f"table must be nodes or edges, got {table!r}")
+        self._retry(f"clearing {table}", lambda: self._collection(table).delete_many({}))
 
     # -- metadata ----------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from funlib.geometry import Roi
@@ -202,6 +203,11 @@ class SQLiteGraphStore(GraphStore):
 
     def count_edges(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM edges")[0][0])  # type: ignore[call-overload]
+
+    def clear(self, table: Literal["nodes", "edges"]) -> None:
+        if table not in ("nodes", "edges"):
+            raise ValueError(f"table must be nodes or edges, got {table!r}")
+        self._write([(f"DELETE FROM {table}", ())])
 
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))

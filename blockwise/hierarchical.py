@@ -1,0 +1,730 @@
+"""Exact hierarchical mean-affinity agglomeration over an octree of blocks (issue 9).
+
+The algorithm of ../shared/AGGLOMERATION.md (after ABISS; Lu, Zlateski & Seung,
+arXiv 2106.10795): the same merges, with the same statistics and heights, as
+one greedy mean-affinity agglomeration of the whole region graph, while each
+task holds only its children's residual graphs and the fragment edges whose
+lowest common ancestor (LCA) it is.
+
+Pure orchestration on arrays (no daisy, no store):
+
+* :func:`build_fragment_graph` checks and normalises the input: fragment ids
+  with their home leaf block; fragment edges ``(u, v, S, N)`` whose partial
+  statistics of one pair are summed; tie keys from
+  :func:`~blockwise.kernels.mean_merge.fragment_edge_keys`.
+* :func:`plan_hierarchy` finds each edge's LCA node and each fragment's level
+  ``lambda`` (the highest LCA level of its edges, 0 without edges).
+* :func:`run_task` is one task, standalone: children's residuals + seam edges
+  + level -> merge records + residual (:class:`TaskResult`);
+  :func:`save_task_result` / :func:`load_task_result` store a result as one
+  file, written atomically and byte-identical on a re-run.
+* :func:`run_hierarchy` runs every task in a topological order (by default
+  leaves first, node ids increasing; a seed gives a random valid order).
+* :func:`segment_tables` turns merge records into a fragment -> segment table
+  per threshold in one union-find pass; a segment's id is its smallest
+  fragment id.
+
+Merge records are :class:`~blockwise.kernels.mean_merge.ClusterEdges`: record
+``i`` merged the clusters ``a[i] < b[i]`` (each named by its smallest fragment
+id) along an edge with the statistics ``s[i], n[i], tau[i]``; the merged
+cluster is named ``a[i]``; its height is ``1 - s / (255 n)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from blockwise.errors import InputError
+from blockwise.kernels.mean_merge import (
+    ClusterEdges,
+    TaskOutput,
+    fragment_edge_keys,
+    merge_bound,
+    merge_task,
+    scores_below,
+)
+from blockwise.kernels.union_find import UnionFind
+from blockwise.octree import Octree
+
+__all__ = [
+    "FragmentGraph",
+    "HierarchyInputError",
+    "HierarchyPlan",
+    "HierarchyResult",
+    "Residual",
+    "TaskKernel",
+    "TaskResult",
+    "TaskStats",
+    "build_fragment_graph",
+    "estimate_task_memory",
+    "leaf_residual",
+    "load_task_result",
+    "plan_hierarchy",
+    "run_hierarchy",
+    "run_task",
+    "save_task_result",
+    "segment_tables",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The signature of a task kernel: ``(ids, levels, level, edges, bound)``, as
+#: :func:`blockwise.kernels.mean_merge.merge_task`. Tests pass a slow
+#: reference through the same orchestration.
+TaskKernel = Callable[
+    [NDArray[np.uint64], NDArray[np.uint8], int, ClusterEdges, Fraction], TaskOutput
+]
+
+_FILE_FORMAT = 1
+_EDGE_FIELDS = ("a", "b", "s", "n", "tau_hi", "tau_lo")
+
+
+class HierarchyInputError(InputError, ValueError):
+    """Fragments, edges, thresholds or a task file given to the hierarchy are invalid."""
+
+
+@dataclass(frozen=True)
+class FragmentGraph:
+    """The region graph of all fragments, checked and normalised.
+
+    Attributes:
+        fragment_ids: (F,) uint64 fragment ids, sorted, unique.
+        home_blocks: (F,) int64 block index (leaf node id) of each fragment.
+        edges: the fragment edges, one per pair, ``a = u < b = v``, sorted by
+            ``(u, v)``, with their summed statistics and tie keys ``(u, v)``.
+    """
+
+    fragment_ids: NDArray[np.uint64]
+    home_blocks: NDArray[np.int64]
+    edges: ClusterEdges
+
+
+@dataclass(frozen=True)
+class HierarchyPlan:
+    """Which task gets which fragments and edges.
+
+    Attributes:
+        octree: the octree of blocks.
+        graph: the fragment graph.
+        fragment_levels: (F,) uint8 level lambda of each fragment: the highest
+            LCA level of its edges, 0 without edges.
+        edge_nodes: (E,) int64 LCA node id of each edge.
+        fragment_order, fragment_starts: fragments of leaf ``k`` are
+            ``fragment_order[fragment_starts[k]:fragment_starts[k + 1]]``.
+        edge_order, edge_starts: edges whose LCA is node ``k`` are
+            ``edge_order[edge_starts[k]:edge_starts[k + 1]]``.
+    """
+
+    octree: Octree
+    graph: FragmentGraph
+    fragment_levels: NDArray[np.uint8]
+    edge_nodes: NDArray[np.int64]
+    fragment_order: NDArray[np.int64]
+    fragment_starts: NDArray[np.int64]
+    edge_order: NDArray[np.int64]
+    edge_starts: NDArray[np.int64]
+
+    def leaf_fragments(self, block: int) -> tuple[NDArray[np.uint64], NDArray[np.uint8]]:
+        """The fragment ids (sorted) and levels whose home is leaf ``block``."""
+        index = self.fragment_order[self.fragment_starts[block] : self.fragment_starts[block + 1]]
+        return self.graph.fragment_ids[index], self.fragment_levels[index]
+
+    def seam_edges(self, node: int) -> ClusterEdges:
+        """The fragment edges whose LCA is ``node``, sorted by ``(u, v)``."""
+        index = self.edge_order[self.edge_starts[node] : self.edge_starts[node + 1]]
+        return self.graph.edges.take(index)
+
+
+@dataclass(frozen=True)
+class Residual:
+    """What a task hands to its parent: frozen clusters and the edges among them.
+
+    Attributes:
+        ids: (C,) uint64 cluster ids (smallest fragment id of each), sorted.
+        levels: (C,) uint8 level lambda of each cluster.
+        edges: every edge between two of these clusters, ``a < b``.
+    """
+
+    ids: NDArray[np.uint64]
+    levels: NDArray[np.uint8]
+    edges: ClusterEdges
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """The outcome of one task.
+
+    Attributes:
+        node: the task's octree node id (-1 if not given).
+        level: the task's octree level.
+        records: its merge records, in the order done.
+        residual: its frozen clusters and the edges among them.
+        dropped: its edges to done clusters (lost for any bound above the
+            one merged to; kept for accounting).
+    """
+
+    node: int
+    level: int
+    records: ClusterEdges
+    residual: Residual
+    dropped: ClusterEdges
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """Sizes and time of one task, for cost accounting.
+
+    Attributes:
+        node: octree node id.
+        level: octree level.
+        n_clusters: clusters the task started with.
+        n_edges: edges the task started with (children's residual + seam).
+        n_records: merges done.
+        n_residual_clusters: clusters handed to the parent.
+        n_residual_edges: edges handed to the parent.
+        n_dropped: edges dropped.
+        seconds: wall time of the task (kernel and bookkeeping).
+    """
+
+    node: int
+    level: int
+    n_clusters: int
+    n_edges: int
+    n_records: int
+    n_residual_clusters: int
+    n_residual_edges: int
+    n_dropped: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class HierarchyResult:
+    """All merge records of a hierarchical run.
+
+    Attributes:
+        bound: the merge bound (the largest threshold, exact).
+        records: every merge of every task, sorted by ``(a, b)``.
+        dropped: every edge dropped by any task, sorted by ``(a, b)``. Which
+            edges these are depends on the block layout (an edge to a done
+            cluster is dropped before or after its other end merges); only
+            their total count is invariant.
+        tasks: per task, in the order run, its sizes and time.
+    """
+
+    bound: Fraction
+    records: ClusterEdges
+    dropped: ClusterEdges
+    tasks: list[TaskStats] = field(default_factory=list)
+
+
+def build_fragment_graph(
+    fragment_ids: ArrayLike,
+    home_blocks: ArrayLike,
+    u: ArrayLike,
+    v: ArrayLike,
+    s: ArrayLike,
+    n: ArrayLike,
+    octree: Octree,
+) -> FragmentGraph:
+    """Check fragments and edges and bring them into the form the tasks use.
+
+    Partial statistics of one fragment pair (in either orientation, e.g.
+    measured by different blocks) are summed; long-range edges are ordinary
+    edges here.
+
+    Args:
+        fragment_ids: (F,) unique non-negative integer fragment ids.
+        home_blocks: (F,) block indices or (F, 3) leaf coordinates of each
+            fragment's home block in ``octree``.
+        u: (E,) fragment id of one end of each edge.
+        v: (E,) fragment id of the other end, ``u != v``.
+        s: (E,) sum of the uint8 affinities on the edge's contacts (>= 0).
+        n: (E,) number of affinity edges on the contacts (>= 1); ``s <= 255 n``.
+        octree: the octree of blocks.
+
+    Returns:
+        The normalised graph.
+
+    Raises:
+        HierarchyInputError: if an array has the wrong shape or is not of
+            integers, ids repeat or are negative, an edge end is not a
+            fragment, an edge joins a fragment to itself, ``n < 1`` or
+            ``s > 255 n`` after summing.
+    """
+    ids = _int_array("fragment_ids", fragment_ids)
+    ids_u64 = ids.astype(np.uint64)
+    order = np.argsort(ids_u64, kind="stable")
+    ids_sorted = ids_u64[order]
+    if ids_sorted.size > 1 and np.any(ids_sorted[1:] == ids_sorted[:-1]):
+        j = int(np.flatnonzero(ids_sorted[1:] == ids_sorted[:-1])[0])
+        raise HierarchyInputError(f"fragment_ids must be unique, but {ids_sorted[j]} repeats")
+    blocks = np.asarray(home_blocks)
+    if blocks.ndim == 0 or blocks.shape[0] != ids.shape[0]:
+        raise HierarchyInputError(
+            f"home_blocks must hold one block per fragment ({ids.shape[0]}), "
+            f"received shape {blocks.shape}"
+        )
+    block_index = octree.block_index(octree.block_coords(blocks))[order]
+
+    u_arr = _int_array("u", u)
+    count = u_arr.shape[0]
+    v_arr = _int_array("v", v, count)
+    s_arr = _int_array("s", s, count)
+    n_arr = _int_array("n", n, count)
+    u64, v64 = u_arr.astype(np.uint64), v_arr.astype(np.uint64)
+    if np.any(u64 == v64):
+        i = int(np.flatnonzero(u64 == v64)[0])
+        raise HierarchyInputError(f"edge {i} joins fragment {u64[i]} to itself")
+    for name, values in (("u", u64), ("v", v64)):
+        position = np.searchsorted(ids_sorted, values)
+        missing = (position >= ids_sorted.size) | (
+            ids_sorted[np.minimum(position, max(ids_sorted.size - 1, 0))] != values
+            if ids_sorted.size
+            else np.ones(values.shape, bool)
+        )
+        if np.any(missing):
+            i = int(np.flatnonzero(missing)[0])
+            raise HierarchyInputError(
+                f"edge {i} has {name} = {values[i]}, which is not in fragment_ids"
+            )
+    low, high = fragment_edge_keys(u64, v64)
+    edge_order = np.lexsort((high, low))
+    low, high = low[edge_order], high[edge_order]
+    s64 = s_arr.astype(np.uint64)[edge_order]
+    n64 = n_arr.astype(np.uint64)[edge_order]
+    if count:
+        first = np.ones(count, dtype=bool)
+        first[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
+        starts = np.flatnonzero(first)
+        low, high = low[starts], high[starts]
+        s64 = np.add.reduceat(s64, starts).astype(np.uint64)
+        n64 = np.add.reduceat(n64, starts).astype(np.uint64)
+        if np.any(n64 < 1):
+            i = int(np.flatnonzero(n64 < 1)[0])
+            raise HierarchyInputError(
+                f"edge ({low[i]}, {high[i]}) has N = {n64[i]}; every edge needs N >= 1"
+            )
+        if np.any(s64 > n64 * np.uint64(255)):
+            i = int(np.flatnonzero(s64 > n64 * np.uint64(255))[0])
+            raise HierarchyInputError(
+                f"edge ({low[i]}, {high[i]}) has S = {s64[i]} > 255 N = {255 * int(n64[i])}"
+            )
+    edges = ClusterEdges(
+        a=np.ascontiguousarray(low),
+        b=np.ascontiguousarray(high),
+        s=np.ascontiguousarray(s64),
+        n=np.ascontiguousarray(n64),
+        tau_hi=np.ascontiguousarray(low).copy(),
+        tau_lo=np.ascontiguousarray(high).copy(),
+    )
+    return FragmentGraph(fragment_ids=ids_sorted, home_blocks=block_index, edges=edges)
+
+
+def plan_hierarchy(graph: FragmentGraph, octree: Octree) -> HierarchyPlan:
+    """Assign every fragment to its leaf task and every edge to its LCA's task.
+
+    Args:
+        graph: the fragment graph (from :func:`build_fragment_graph` with the
+            same octree).
+        octree: the octree of blocks.
+
+    Returns:
+        The plan, with each fragment's level lambda.
+    """
+    ids = graph.fragment_ids
+    index_u = np.searchsorted(ids, graph.edges.a)
+    index_v = np.searchsorted(ids, graph.edges.b)
+    block_u = graph.home_blocks[index_u]
+    block_v = graph.home_blocks[index_v]
+    edge_levels = octree.lca_level(block_u, block_v)
+    edge_nodes = octree.lca_node(block_u, block_v)
+    fragment_levels = np.zeros(ids.size, dtype=np.int64)
+    np.maximum.at(fragment_levels, index_u, edge_levels)
+    np.maximum.at(fragment_levels, index_v, edge_levels)
+    fragment_order = np.argsort(graph.home_blocks, kind="stable")
+    fragment_starts = np.searchsorted(
+        graph.home_blocks[fragment_order], np.arange(octree.num_blocks + 1)
+    ).astype(np.int64)
+    edge_order = np.argsort(edge_nodes, kind="stable")
+    edge_starts = np.searchsorted(edge_nodes[edge_order], np.arange(octree.num_nodes + 1)).astype(
+        np.int64
+    )
+    return HierarchyPlan(
+        octree=octree,
+        graph=graph,
+        fragment_levels=fragment_levels.astype(np.uint8),
+        edge_nodes=edge_nodes,
+        fragment_order=fragment_order.astype(np.int64),
+        fragment_starts=fragment_starts,
+        edge_order=edge_order.astype(np.int64),
+        edge_starts=edge_starts,
+    )
+
+
+def leaf_residual(fragment_ids: NDArray[np.uint64], levels: NDArray[np.uint8]) -> Residual:
+    """The input of a leaf task: the block's fragments as singleton clusters, no edges."""
+    return Residual(
+        ids=np.ascontiguousarray(fragment_ids, dtype=np.uint64),
+        levels=np.ascontiguousarray(levels, dtype=np.uint8),
+        edges=ClusterEdges.empty(),
+    )
+
+
+def run_task(
+    level: int,
+    children: Sequence[Residual],
+    seam_edges: ClusterEdges,
+    bound: Fraction,
+    *,
+    node: int = -1,
+    task_kernel: TaskKernel = merge_task,
+) -> TaskResult:
+    """Run one task of the hierarchy: one octree node.
+
+    Args:
+        level: the node's octree level; clusters with a level above it are frozen.
+        children: the residuals of the node's children (for a leaf: one
+            :func:`leaf_residual` of its fragments).
+        seam_edges: the fragment edges whose LCA is this node.
+        bound: the merge bound (:func:`~blockwise.kernels.mean_merge.merge_bound`
+            of the largest threshold).
+        node: the node id, recorded in the result.
+        task_kernel: the kernel that merges (tests pass a reference).
+
+    Returns:
+        The task's records, residual and dropped edges.
+    """
+    ids = np.concatenate([child.ids for child in children]) if children else np.zeros(0, np.uint64)
+    levels = (
+        np.concatenate([child.levels for child in children]) if children else np.zeros(0, np.uint8)
+    )
+    edges = ClusterEdges.concatenate([child.edges for child in children] + [seam_edges])
+    output = task_kernel(
+        np.ascontiguousarray(ids, dtype=np.uint64),
+        np.ascontiguousarray(levels, dtype=np.uint8),
+        int(level),
+        edges,
+        bound,
+    )
+    return TaskResult(
+        node=int(node),
+        level=int(level),
+        records=output.records,
+        residual=Residual(
+            ids=output.residual_ids, levels=output.residual_levels, edges=output.residual_edges
+        ),
+        dropped=output.dropped,
+    )
+
+
+def run_hierarchy(
+    graph: FragmentGraph,
+    octree: Octree,
+    thresholds: Sequence[float | Fraction],
+    *,
+    order_seed: int | None = None,
+    task_kernel: TaskKernel = merge_task,
+) -> HierarchyResult:
+    """Run every task of the octree, children before parents, and collect the records.
+
+    Args:
+        graph: the fragment graph.
+        octree: the octree of blocks (the one the graph was built with).
+        thresholds: score thresholds; merging goes up to the largest.
+        order_seed: None runs the tasks leaves first, by increasing node id;
+            a seed runs them in a random order in which every task still
+            follows its children (the result must not depend on it).
+        task_kernel: the kernel that merges (tests pass a reference).
+
+    Returns:
+        All records and dropped edges, each sorted by ``(a, b)``, and per-task
+        sizes.
+    """
+    bound = _largest_bound(thresholds)
+    plan = plan_hierarchy(graph, octree)
+    pending: dict[int, Residual] = {}
+    records: list[ClusterEdges] = []
+    dropped: list[ClusterEdges] = []
+    stats: list[TaskStats] = []
+    for node in _task_order(octree, order_seed):
+        start = time.perf_counter()
+        level = int(octree.node_level([node])[0])
+        if level == 0:
+            children = [leaf_residual(*plan.leaf_fragments(node))]
+        else:
+            children = [pending.pop(int(child)) for child in octree.children(node)]
+        seam = plan.seam_edges(node)
+        n_clusters = sum(child.ids.size for child in children)
+        n_edges = sum(len(child.edges) for child in children) + len(seam)
+        result = run_task(level, children, seam, bound, node=node, task_kernel=task_kernel)
+        del children
+        pending[node] = result.residual
+        records.append(result.records)
+        dropped.append(result.dropped)
+        stats.append(
+            TaskStats(
+                node=node,
+                level=level,
+                n_clusters=n_clusters,
+                n_edges=n_edges,
+                n_records=len(result.records),
+                n_residual_clusters=int(result.residual.ids.size),
+                n_residual_edges=len(result.residual.edges),
+                n_dropped=len(result.dropped),
+                seconds=time.perf_counter() - start,
+            )
+        )
+    root = pending.pop(octree.root)
+    if root.ids.size or len(root.edges) or pending:
+        raise RuntimeError(
+            f"the root left {root.ids.size} frozen clusters and {len(pending)} tasks "
+            "unconsumed; the octree and the graph's home blocks disagree"
+        )
+    all_records = _sorted_edges(ClusterEdges.concatenate(records))
+    all_dropped = _sorted_edges(ClusterEdges.concatenate(dropped))
+    logger.info(
+        "hierarchical agglomeration: %d tasks on %d levels, %d merges, %d dropped edges",
+        len(stats),
+        octree.n_levels,
+        len(all_records),
+        len(all_dropped),
+    )
+    return HierarchyResult(bound=bound, records=all_records, dropped=all_dropped, tasks=stats)
+
+
+def segment_tables(
+    fragment_ids: NDArray[np.uint64],
+    records: ClusterEdges,
+    thresholds: Sequence[float | Fraction],
+    *,
+    bound: Fraction | None = None,
+) -> list[NDArray[np.uint64]]:
+    """The fragment -> segment table at each threshold, in one union-find pass.
+
+    At threshold ``t`` two fragments are in one segment iff the records with a
+    height (score) below ``t``, compared exactly, connect them; heights are
+    monotone along the merge order, so this is the greedy agglomeration
+    stopped at ``t``. A segment's id is its smallest fragment id.
+
+    Args:
+        fragment_ids: (F,) sorted unique uint64 fragment ids (as
+            :attr:`FragmentGraph.fragment_ids`).
+        records: merge records whose ``a`` and ``b`` are fragment ids.
+        thresholds: score thresholds, any order.
+        bound: the bound the records were made with; a threshold above it
+            is refused, since merges above the bound were never made.
+
+    Returns:
+        Per threshold (in the order given), a (F,) uint64 array: the segment
+        id of each fragment.
+
+    Raises:
+        HierarchyInputError: if the fragment ids are not sorted and unique, a
+            record names an unknown fragment, or a threshold exceeds ``bound``.
+    """
+    ids = np.asarray(fragment_ids)
+    if ids.dtype != np.uint64 or ids.ndim != 1:
+        raise HierarchyInputError(
+            f"fragment_ids must be a 1D uint64 array, received {ids.ndim}D {ids.dtype}"
+        )
+    if ids.size > 1 and np.any(ids[1:] <= ids[:-1]):
+        raise HierarchyInputError("fragment_ids must be sorted and unique")
+    bounds = [merge_bound(t) for t in thresholds]
+    if bound is not None and any(b > bound for b in bounds):
+        raise HierarchyInputError(
+            f"thresholds {list(thresholds)} exceed the bound {bound} the records were made "
+            "with; merge again up to the largest threshold"
+        )
+    index_a = _fragment_index(ids, records.a, "records.a")
+    index_b = _fragment_index(ids, records.b, "records.b")
+    # first[i]: position (in increasing bounds) of the first threshold that
+    # record i is below; records below a bound are below every larger one
+    ascending = sorted(range(len(bounds)), key=lambda k: bounds[k])
+    below_count = np.zeros(len(records), dtype=np.int64)
+    for k in ascending:
+        below_count += scores_below(records.s, records.n, bounds[k])
+    first = len(bounds) - below_count
+    union_find = UnionFind(ids.size)
+    tables: list[NDArray[np.uint64]] = [np.zeros(0, np.uint64)] * len(bounds)
+    for position, k in enumerate(ascending):
+        now = first == position
+        union_find.union(index_a[now], index_b[now])
+        tables[k] = ids[union_find.components()]
+    return tables
+
+
+def estimate_task_memory(n_clusters: int, n_edges: int) -> int:
+    """An upper estimate of one task's peak memory in bytes from its input sizes.
+
+    Counts the task's inputs as Python arrays (children's parts and their
+    concatenation: 2 x 48 bytes per edge, 2 x 9 per cluster), the kernel's
+    state (edges 41, adjacency about 32 and heap entries 40 bytes per edge;
+    about 90 bytes per cluster) and the outputs (at most 2 x 48 bytes per edge
+    while copied out), plus 64 MiB for the interpreter and libraries. Measured
+    by ``tests/benchmarks/bench_hierarchical.py``.
+
+    Args:
+        n_clusters: clusters in the task's input.
+        n_edges: edges in the task's input (children's residual + seam).
+    """
+    return int(64 * 2**20 + 310 * n_edges + 110 * n_clusters)
+
+
+def save_task_result(path: str | os.PathLike[str], result: TaskResult) -> None:
+    """Write a task result to ``path`` (an uncompressed .npz), atomically.
+
+    The file is written next to ``path`` under a temporary name and moved
+    into place with ``os.replace``, so a reader sees either no file or the
+    whole one; a re-run writes the same bytes (fixed zip timestamps, arrays
+    in a fixed order).
+    """
+    target = Path(path)
+    arrays: dict[str, NDArray[np.generic]] = {
+        "format": np.array([_FILE_FORMAT, result.node, result.level], dtype=np.int64),
+        "residual_ids": result.residual.ids,
+        "residual_levels": result.residual.levels,
+    }
+    for prefix, edges in (
+        ("records", result.records),
+        ("residual_edges", result.residual.edges),
+        ("dropped", result.dropped),
+    ):
+        for name in _EDGE_FIELDS:
+            arrays[f"{prefix}_{name}"] = getattr(edges, name)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                with archive.open(info, "w", force_zip64=True) as stream:
+                    np.lib.format.write_array(
+                        stream, np.ascontiguousarray(array), allow_pickle=False
+                    )
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def load_task_result(path: str | os.PathLike[str]) -> TaskResult:
+    """Read a task result written by :func:`save_task_result`.
+
+    Raises:
+        HierarchyInputError: if the file is not such a result (names the file).
+    """
+    source = Path(path)
+    expected = ["format", "residual_ids", "residual_levels"] + [
+        f"{prefix}_{name}"
+        for prefix in ("records", "residual_edges", "dropped")
+        for name in _EDGE_FIELDS
+    ]
+    try:
+        # the file is opened here so that it is closed also when numpy fails to parse it
+        with open(source, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+            missing = [name for name in expected if name not in data.files]
+            if missing:
+                raise HierarchyInputError(
+                    f"task result {source} lacks the arrays {missing}; was it written by "
+                    "save_task_result?"
+                )
+            arrays = {name: data[name] for name in expected}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        if isinstance(e, HierarchyInputError):
+            raise
+        raise HierarchyInputError(f"cannot read task result {source}: {e}") from e
+    header = arrays["format"]
+    if header.shape != (3,) or int(header[0]) != _FILE_FORMAT:
+        raise HierarchyInputError(
+            f"task result {source} has format {header.tolist()}, expected version {_FILE_FORMAT}"
+        )
+
+    def edges(prefix: str) -> ClusterEdges:
+        return ClusterEdges(*(arrays[f"{prefix}_{name}"] for name in _EDGE_FIELDS))
+
+    return TaskResult(
+        node=int(header[1]),
+        level=int(header[2]),
+        records=edges("records"),
+        residual=Residual(
+            ids=arrays["residual_ids"],
+            levels=arrays["residual_levels"],
+            edges=edges("residual_edges"),
+        ),
+        dropped=edges("dropped"),
+    )
+
+
+def _largest_bound(thresholds: Sequence[float | Fraction]) -> Fraction:
+    if isinstance(thresholds, str | bytes) or not isinstance(thresholds, Sequence):
+        raise HierarchyInputError(
+            f"thresholds must be a sequence of numbers, received {type(thresholds).__name__}"
+        )
+    if len(thresholds) == 0:
+        raise HierarchyInputError("thresholds must hold at least one threshold, received none")
+    return max(merge_bound(t) for t in thresholds)
+
+
+def _task_order(octree: Octree, seed: int | None) -> list[int]:
+    if seed is None:
+        return list(range(octree.num_nodes))
+    rng = np.random.default_rng(seed)
+    waiting = {
+        int(node): len(octree.children(int(node)))
+        for level in range(1, octree.n_levels)
+        for node in octree.nodes_at_level(level)
+    }
+    ready = [int(node) for node in octree.nodes_at_level(0)]
+    order: list[int] = []
+    while ready:
+        node = ready.pop(int(rng.integers(len(ready))))
+        order.append(node)
+        if node != octree.root:
+            parent = octree.parent(node)
+            waiting[parent] -= 1
+            if waiting[parent] == 0:
+                ready.append(parent)
+    return order
+
+
+def _sorted_edges(edges: ClusterEdges) -> ClusterEdges:
+    return edges.take(np.lexsort((edges.b, edges.a)))
+
+
+def _fragment_index(
+    ids: NDArray[np.uint64], values: NDArray[np.uint64], name: str
+) -> NDArray[np.int64]:
+    position = np.searchsorted(ids, values)
+    if values.size and (
+        np.any(position >= ids.size) or np.any(ids[np.minimum(position, ids.size - 1)] != values)
+    ):
+        raise HierarchyInputError(f"{name} names fragments that are not in fragment_ids")
+    return position.astype(np.int64)
+
+
+def _int_array(name: str, values: ArrayLike, length: int | None = None) -> NDArray[np.int64]:
+    array = np.asarray(values)
+    if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+        raise HierarchyInputError(
+            f"{name} must be a 1D integer array, received shape {array.shape} and dtype "
+            f"{array.dtype}"
+        )
+    if array.size and np.issubdtype(array.dtype, np.signedinteger) and array.min() < 0:
+        raise HierarchyInputError(f"{name} must be non-negative, received {array.min()}")
+    if length is not None and array.shape[0] != length:
+        raise HierarchyInputError(
+            f"{name} must have one entry per edge ({length}), received {array.shape[0]}"
+        )
+    return array
