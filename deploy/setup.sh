@@ -10,10 +10,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-# the build backend runs without isolation (the editable build rebuilds on import,
-# so its tools must live in the venv); torch is not needed by these stages.
-pip install -q --disable-pip-version-check "meson-python==0.22.1" "meson>=1.4" ninja "Cython==3.3.1" "numpy>=2.0,<3"
-pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,dev]"
+# every version comes from deploy/constraints.txt (exact pins, each with its reason);
+# torch 2.13.0 there is the CPU wheel: an unpinned torch would pull a CUDA build.
+# The build backend runs without isolation (the editable build rebuilds on import,
+# so its tools must live in the venv).
+pip install -q --disable-pip-version-check -c deploy/constraints.txt meson-python meson ninja Cython numpy
+pip install -q --disable-pip-version-check -c deploy/constraints.txt --no-build-isolation -e ".[test,dev]"
 if [ "${1:-}" = "--test" ]; then
   # waterz compiles its exact QuantileAffinity at first use against boost
   if [ ! -e /usr/include/boost/multi_array.hpp ] && [ "$(id -u)" = 0 ]; then
