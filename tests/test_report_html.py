@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from headless_chromium import screenshot_page
 from PIL import Image
 
 from blockwise.cli import main
@@ -23,6 +22,8 @@ from blockwise.evaluation import evaluate_volumes, write_evaluation
 from blockwise.report import format_report
 from blockwise.report_html import load_summary, read_loss_log, render_report, write_report
 from blockwise.volume import open_volume
+
+from headless_chromium import screenshot_page
 
 
 def make_full_run(run_dir: Path) -> Path:

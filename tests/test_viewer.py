@@ -21,7 +21,6 @@ import pytest
 import yaml
 import zarr
 from funlib.geometry import Coordinate
-from headless_chromium import Browser, chromium_binary, png_pixels
 
 from blockwise.cli import main
 from blockwise.errors import InputError
@@ -34,6 +33,8 @@ from blockwise.viewer import (
     stop_viewer,
     worst_selection,
 )
+
+from headless_chromium import Browser, chromium_binary, png_pixels
 
 VOXEL_SIZE = (8, 4, 4)
 OFFSET = (80, 40, 40)

@@ -27,9 +27,9 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headless_chromium import Browser, png_pixels
-
 from blockwise.viewer import open_viewer, run_layers, screenshot, stop_viewer
+
+from headless_chromium import Browser, png_pixels
 
 
 def make_run(data: Path, run_dir: Path) -> None:
