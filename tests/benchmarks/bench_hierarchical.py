@@ -63,7 +63,14 @@ def rss_mib() -> float:
 
 
 def peak_mib() -> float:
-    """Peak resident set size of this process so far, MiB."""
+    """Peak resident set size of this process so far, MiB.
+
+    VmHWM, not ``ru_maxrss``: on Linux a child's ``ru_maxrss`` starts at its
+    parent's peak at fork, which would hide a subprocess's own smaller peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
