@@ -25,7 +25,7 @@ import zarr
 
 from blockwise.config import SlurmConfig, load_config, parse_config
 from blockwise.errors import BlockwiseError, ConfigError
-from blockwise.execution import worker_command
+from blockwise.execution import open_profile, worker_command
 from blockwise.execution.slurm import (
     JOBS_FILE,
     SlurmError,
@@ -34,6 +34,7 @@ from blockwise.execution.slurm import (
     sbatch_options,
     split_array,
 )
+from blockwise.run_context import RunContext
 from blockwise.runner import run
 
 from datafiles import REPO
@@ -168,7 +169,7 @@ def test_sqlite_store_is_refused_pointing_at_mongodb(tmp_path: Path, gala: Path)
         [BLOCKWISE, "run", str(path), "--no-progress"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -177,21 +178,16 @@ def test_sqlite_store_is_refused_pointing_at_mongodb(tmp_path: Path, gala: Path)
     assert not (tmp_path / "run" / JOBS_FILE).exists()
 
 
-def test_sbatch_missing_from_path_is_a_clear_error(tmp_path: Path, gala: Path) -> None:
-    path = write_config(example_config(gala, tmp_path / "nopath"), tmp_path / "nopath.yaml")
-    # only this Python's folder: no SLURM commands
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent))
-    proc = subprocess.run(
-        [BLOCKWISE, "run", str(path), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env=env,
-    )
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "sbatch, squeue, scancel, scontrol are not on PATH" in proc.stderr
-    assert not (tmp_path / "nopath" / JOBS_FILE).exists()
+def test_sbatch_missing_from_path_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = example_config(tmp_path / "absent.zarr", tmp_path / "nopath")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))
+    with pytest.raises(SlurmError) as e:
+        open_profile(RunContext(parse_config(data)))
+    assert "sbatch, squeue, scancel, scontrol are not on PATH" in str(e.value)
+    assert "execution.profile: local" in str(e.value)
+    assert not (tmp_path / "nopath").exists()
 
 
 # --------------------------------------------------------------------------- on the cluster
@@ -202,7 +198,7 @@ def test_array_size_limit_is_read_from_the_cluster(slurm: SlurmCluster) -> None:
     assert cluster_max_array_size() == 1001
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_unknown_partition_ends_the_run_naming_the_stage(
     slurm: SlurmCluster, gala: Path, tmp_path: Path
 ) -> None:
@@ -213,7 +209,7 @@ def test_unknown_partition_ends_the_run_naming_the_stage(
         [BLOCKWISE, "run", str(path), "--no-progress"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,
         check=False,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -224,7 +220,7 @@ def test_unknown_partition_ends_the_run_naming_the_stage(
     assert not slurm.live()
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_impossible_resources_raise_naming_the_stage(
     slurm: SlurmCluster, gala: Path, tmp_path: Path
 ) -> None:
@@ -240,7 +236,7 @@ def test_impossible_resources_raise_naming_the_stage(
     assert not slurm.live()
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_a_task_whose_driver_is_gone_exits_cleanly(
     slurm: SlurmCluster, gala: Path, tmp_path: Path
 ) -> None:
@@ -270,7 +266,7 @@ def test_a_task_whose_driver_is_gone_exits_cleanly(
         ],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,
         check=False,
     )
     text = log.read_text()
