@@ -181,6 +181,7 @@ def test_a_driver_killed_with_sigkill_does_not_block_the_next(tmp_path: Path, ga
         run(parse_config(gala_data(gala, run_dir)), multiprocessing=False, progress=False)
     holder.kill()
     holder.wait()
+    holder.stdout.close()
     in_process(gala_data(gala, run_dir))
 
 

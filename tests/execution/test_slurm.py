@@ -369,14 +369,17 @@ def test_stopping_the_driver_cancels_every_job(
             driver.kill()
             driver.wait()
     # the driver's teardown (or, after SIGKILL, the orphaned worker slots) cancels
-    # every job: nothing of the run stays in the queue
+    # every job: nothing of the run stays in the queue. A task that was running may
+    # also end COMPLETED: a worker whose driver is gone exits cleanly.
+    live = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"}
     deadline = time.monotonic() + 30
-    while tasks_of(slurm, jobs) and set(tasks_of(slurm, jobs).values()) != {"CANCELLED"}:
+    while set(tasks_of(slurm, jobs).values()) & live:
         assert time.monotonic() < deadline, tasks_of(slurm, jobs)
         time.sleep(0.5)
     assert not slurm.wait_until_idle(30)
     states = tasks_of(slurm, jobs)
-    assert len(states) == 3 and set(states.values()) == {"CANCELLED"}, states
+    assert len(states) == 3 and set(states.values()) <= {"CANCELLED", "COMPLETED"}, states
+    assert "CANCELLED" in states.values(), states  # the task still waiting never ran
     if signum != signal.SIGKILL:
         assert driver.returncode != 0
         assert "cancelled SLURM job(s)" in (tmp_path / "driver.log").read_text()
