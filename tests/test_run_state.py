@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -218,43 +217,6 @@ def test_cli_refuses_zero_workers_and_non_utf8_configs(tmp_path: Path, gala: Pat
     proc = subprocess.run([BLOCKWISE, "run", str(latin)], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a UTF-8 text file" in proc.stderr
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_the_run_and_every_worker(
-    tmp_path: Path, gala: Path, signum: signal.Signals
-) -> None:
-    data = gala_data(gala, tmp_path / "run")
-    path = tmp_path / "gala.yaml"
-    path.write_text(yaml.safe_dump(data))
-    driver = subprocess.Popen(
-        [BLOCKWISE, "run", str(path), "--workers", "2", "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    fragments = tmp_path / "run" / "output.zarr" / "fragments"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(fragments.glob("*.*.*"))) < 4:
-        time.sleep(0.05)
-    assert driver.poll() is None, "the run ended before the signal"
-    driver.send_signal(signum)
-    out, err = driver.communicate(timeout=60)
-    assert driver.returncode == 130, out + err
-    assert "resume with" in out and f"blockwise run {path}" in out
-    assert err.count("Traceback") == 0, err
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        workers = subprocess.run(
-            ["pgrep", "-f", f"block_worker {tmp_path}"], capture_output=True, text=True
-        ).stdout.split()
-        if not workers:
-            break
-        time.sleep(0.2)
-    assert not workers, "worker processes outlived the driver"
-    resumed = in_process(data)
-    assert resumed.stages[0].skipped > 0
 
 
 def test_a_deterministic_failure_is_not_retried_pointlessly(
