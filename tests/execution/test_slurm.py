@@ -360,10 +360,8 @@ def test_stopping_the_driver_cancels_every_job(
         )
     try:
         jobs = wait_for_running_task(slurm, run_dir, driver, timeout_s=240)
-        assert [(j["stage"], j["tasks"]) for j in jobs] == [
-            ("extract_fragments", 2),
-            ("extract_fragments", 1),
-        ]
+        # the second array (of 1 task) may not be submitted yet when a task runs
+        assert jobs and all(j["stage"] == "extract_fragments" for j in jobs), jobs
         os.kill(driver.pid, signum)
         driver.wait(timeout=60)
     finally:
@@ -373,6 +371,7 @@ def test_stopping_the_driver_cancels_every_job(
     # the driver's teardown (or, after SIGKILL, the orphaned worker slots) cancels
     # every job: nothing of the run stays in the queue. A task that was running may
     # also end COMPLETED: a worker whose driver is gone exits cleanly.
+    jobs = ledger(run_dir)  # every array the run submitted, to the end
     live = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"}
     deadline = time.monotonic() + 30
     while set(tasks_of(slurm, jobs).values()) & live:
@@ -380,7 +379,7 @@ def test_stopping_the_driver_cancels_every_job(
         time.sleep(0.5)
     assert not slurm.wait_until_idle(30)
     states = tasks_of(slurm, jobs)
-    assert len(states) == 3 and set(states.values()) <= {"CANCELLED", "COMPLETED"}, states
+    assert states and set(states.values()) <= {"CANCELLED", "COMPLETED"}, states
     assert "CANCELLED" in states.values(), states  # the task still waiting never ran
     if signum != signal.SIGKILL:
         assert driver.returncode != 0
