@@ -79,6 +79,10 @@ def validate(config: RunConfig) -> tuple[RunContext, list[tuple[Stage, Tiling]]]
     Raises:
         ConfigError, InputError, CheckpointError: naming what is wrong.
     """
+    if config.execution.profile == "slurm":
+        from blockwise.execution.slurm import check_config
+
+        check_config(config)
     ctx = RunContext(config)
     _ = ctx.source, ctx.data_roi, ctx.fragment_ids, ctx.mask, ctx.ground_truth
     stages = []

@@ -175,7 +175,7 @@ def test_sqlite_store_is_refused_pointing_at_mongodb(tmp_path: Path, gala: Path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "graph store is SQLite" in proc.stderr
     assert "mongodb://" in proc.stderr and "allow_sqlite_on_cluster" in proc.stderr
-    assert not (tmp_path / "run" / JOBS_FILE).exists()
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_sbatch_missing_from_path_is_a_clear_error(
