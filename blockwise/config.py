@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from blockwise.errors import ConfigError
+from blockwise.layout import RunLayout
 
 Vec3 = tuple[int, int, int]
 PositiveVec3 = tuple[
@@ -484,7 +485,7 @@ class RunConfig(Model):
     @property
     def store_uri(self) -> str:
         """The graph store URI, defaulting to an SQLite file in the run directory."""
-        return self.store.uri or f"sqlite:///{self.run_dir / 'graph.sqlite'}"
+        return self.store.uri or RunLayout(self.run_dir).default_store_uri
 
     def stage_hash(self, *sections: str, extra: dict[str, str] | None = None) -> str:
         """A short hash of the named config sections, the inputs and ``extra``.

@@ -37,7 +37,7 @@ def describe_plan(config: RunConfig) -> str:
         f"data ROI {ctx.data_roi} ({voxels(ctx.data_roi, vs) / 1e6:.1f} MVox)",
         f"fragment ids up to {ctx.fragment_ids.max_fragment_id} (fits uint64: ok) over "
         f"{ctx.grid.num_blocks} extract_fragments blocks",
-        f"graph store {config.store.uri or ctx.layout.default_store_uri}",
+        f"graph store {config.store_uri}",
     ]
     if config.predict is not None:
         from blockwise.nn.architecture import describe

@@ -279,7 +279,7 @@ class RunContext:
         """The graph store, opened on first use."""
         cfg = self.config.store
         return open_store(
-            self.config.store.uri or self.layout.default_store_uri,
+            self.config.store_uri,
             cfg.retry_attempts,
             cfg.retry_first_backoff_s,
             cfg.server_timeout_s,

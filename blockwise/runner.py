@@ -115,7 +115,7 @@ def check_store_owner(ctx: RunContext, adopt: bool = False) -> None:
             ``adopt`` is False.
     """
     config = ctx.config
-    uri = config.store.uri or ctx.layout.default_store_uri
+    uri = config.store_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return
     owner = ctx.store.get_meta(RUN_NAME_KEY)
