@@ -69,6 +69,7 @@ __all__ = [
     "estimate_task_memory",
     "leaf_residual",
     "load_task_result",
+    "merge_forced",
     "plan_hierarchy",
     "run_hierarchy",
     "run_task",
@@ -85,7 +86,7 @@ TaskKernel = Callable[
     [NDArray[np.uint64], NDArray[np.uint8], int, ClusterEdges, Fraction], TaskOutput
 ]
 
-_FILE_FORMAT = 1
+_FILE_FORMAT = 2
 _EDGE_FIELDS = ("a", "b", "s", "n", "tau_hi", "tau_lo")
 
 
@@ -102,11 +103,14 @@ class FragmentGraph:
         home_blocks: (F,) int64 block index (leaf node id) of each fragment.
         edges: the fragment edges, one per pair, ``a = u < b = v``, sorted by
             ``(u, v)``, with their summed statistics and tie keys ``(u, v)``.
+        forced: per edge, whether its two fragments are one basin cut by a
+            block face and merge before anything else (None: no such edge).
     """
 
     fragment_ids: NDArray[np.uint64]
     home_blocks: NDArray[np.int64]
     edges: ClusterEdges
+    forced: NDArray[np.bool_] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,13 @@ class HierarchyPlan:
         index = self.edge_order[self.edge_starts[node] : self.edge_starts[node + 1]]
         return self.graph.edges.take(index)
 
+    def seam_forced(self, node: int) -> NDArray[np.bool_] | None:
+        """Which of :meth:`seam_edges` are forced (None if the graph has none)."""
+        if self.graph.forced is None:
+            return None
+        index = self.edge_order[self.edge_starts[node] : self.edge_starts[node + 1]]
+        return self.graph.forced[index]
+
 
 @dataclass(frozen=True)
 class Residual:
@@ -153,11 +164,16 @@ class Residual:
         ids: (C,) uint64 cluster ids (smallest fragment id of each), sorted.
         levels: (C,) uint8 level lambda of each cluster.
         edges: every edge between two of these clusters, ``a < b``.
+        alias_from, alias_to: fragments absorbed by forced merges into a frozen
+            cluster, and that cluster's id: a seam edge further up that names
+            such a fragment means the cluster.
     """
 
     ids: NDArray[np.uint64]
     levels: NDArray[np.uint8]
     edges: ClusterEdges
+    alias_from: NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
+    alias_to: NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
 
 
 @dataclass(frozen=True)
@@ -235,6 +251,7 @@ def build_fragment_graph(
     s: ArrayLike,
     n: ArrayLike,
     octree: Octree,
+    forced: ArrayLike | None = None,
 ) -> FragmentGraph:
     """Check fragments and edges and bring them into the form the tasks use.
 
@@ -251,6 +268,8 @@ def build_fragment_graph(
         s: (E,) sum of the uint8 affinities on the edge's contacts (>= 0).
         n: (E,) number of affinity edges on the contacts (>= 1); ``s <= 255 n``.
         octree: the octree of blocks.
+        forced: (E,) bool, optional: edges joining the halves of one basin cut
+            by a block face; a pair is forced if any of its partial edges is.
 
     Returns:
         The normalised graph.
@@ -297,11 +316,21 @@ def build_fragment_graph(
             raise HierarchyInputError(
                 f"edge {i} has {name} = {values[i]}, which is not in fragment_ids"
             )
+    forced_arr: NDArray[np.bool_] | None = None
+    if forced is not None:
+        forced_arr = np.asarray(forced)
+        if forced_arr.dtype != np.bool_ or forced_arr.shape != (count,):
+            raise HierarchyInputError(
+                f"forced must be a bool array with one entry per edge ({count}), received "
+                f"shape {forced_arr.shape} and dtype {forced_arr.dtype}"
+            )
     low, high = fragment_edge_keys(u64, v64)
     edge_order = np.lexsort((high, low))
     low, high = low[edge_order], high[edge_order]
     s64 = s_arr.astype(np.uint64)[edge_order]
     n64 = n_arr.astype(np.uint64)[edge_order]
+    if forced_arr is not None:
+        forced_arr = forced_arr[edge_order]
     if count:
         first = np.ones(count, dtype=bool)
         first[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
@@ -309,6 +338,8 @@ def build_fragment_graph(
         low, high = low[starts], high[starts]
         s64 = np.add.reduceat(s64, starts).astype(np.uint64)
         n64 = np.add.reduceat(n64, starts).astype(np.uint64)
+        if forced_arr is not None:
+            forced_arr = np.logical_or.reduceat(forced_arr, starts)
         if np.any(n64 < 1):
             i = int(np.flatnonzero(n64 < 1)[0])
             raise HierarchyInputError(
@@ -327,7 +358,12 @@ def build_fragment_graph(
         tau_hi=np.ascontiguousarray(low).copy(),
         tau_lo=np.ascontiguousarray(high).copy(),
     )
-    return FragmentGraph(fragment_ids=ids_sorted, home_blocks=block_index, edges=edges)
+    return FragmentGraph(
+        fragment_ids=ids_sorted,
+        home_blocks=block_index,
+        edges=edges,
+        forced=forced_arr if forced_arr is not None and forced_arr.any() else None,
+    )
 
 
 def plan_hierarchy(graph: FragmentGraph, octree: Octree) -> HierarchyPlan:
@@ -386,10 +422,20 @@ def run_task(
     seam_edges: ClusterEdges,
     bound: Fraction,
     *,
+    forced: NDArray[np.bool_] | None = None,
     node: int = -1,
     task_kernel: TaskKernel = merge_task,
 ) -> TaskResult:
     """Run one task of the hierarchy: one octree node.
+
+    Forced seam edges (the halves of a basin cut by a block face) are merged
+    before anything else, whether their clusters are frozen or not: both
+    halves were frozen below this node (the forced edge's LCA), so neither
+    merged with anything yet, and the merged cluster, whose edges are the sums
+    of its halves' and whose level is the larger of theirs, is exactly the
+    basin a whole-volume run would have had as one fragment. Each forced merge
+    is recorded with the height 0 (``s = 255 n``: below every threshold);
+    edges that end up inside a merged cluster are dropped.
 
     Args:
         level: the node's octree level; clusters with a level above it are frozen.
@@ -400,6 +446,7 @@ def run_task(
             of the largest threshold).
         node: the node id, recorded in the result.
         task_kernel: the kernel that merges (tests pass a reference).
+        forced: (len(seam_edges),) bool: which seam edges are forced.
 
     Returns:
         The task's records, residual and dropped edges.
@@ -408,7 +455,30 @@ def run_task(
     levels = (
         np.concatenate([child.levels for child in children]) if children else np.zeros(0, np.uint8)
     )
+    alias_from = np.concatenate([np.zeros(0, np.uint64)] + [c.alias_from for c in children])
+    alias_to = np.concatenate([np.zeros(0, np.uint64)] + [c.alias_to for c in children])
+    if alias_from.size:
+        seam_edges = _apply_aliases(seam_edges, alias_from, alias_to)
     edges = ClusterEdges.concatenate([child.edges for child in children] + [seam_edges])
+    pre_records = pre_dropped = ClusterEdges.empty()
+    has_forced = forced is not None and bool(np.any(forced))
+    if has_forced or alias_from.size:
+        mask = np.zeros(len(edges), dtype=bool)
+        if forced is not None and has_forced:
+            if forced.shape != (len(seam_edges),):
+                raise HierarchyInputError(
+                    f"forced must have one entry per seam edge ({len(seam_edges)}), "
+                    f"received shape {forced.shape}"
+                )
+            mask[len(edges) - len(seam_edges) :] = forced
+        before = ids
+        ids, levels, edges, pre_records, pre_dropped = merge_forced(ids, levels, edges, mask)
+        if len(pre_records):
+            # fragments absorbed here, and earlier aliases, now name their merged cluster
+            absorbed = np.setdiff1d(before, ids)
+            mapping = _Relabel(pre_records)
+            alias_from = np.concatenate([alias_from, absorbed])
+            alias_to = mapping(np.concatenate([alias_to, absorbed]))
     output = task_kernel(
         np.ascontiguousarray(ids, dtype=np.uint64),
         np.ascontiguousarray(levels, dtype=np.uint8),
@@ -419,11 +489,170 @@ def run_task(
     return TaskResult(
         node=int(node),
         level=int(level),
-        records=output.records,
+        records=ClusterEdges.concatenate([pre_records, output.records]),
         residual=Residual(
-            ids=output.residual_ids, levels=output.residual_levels, edges=output.residual_edges
+            ids=output.residual_ids,
+            levels=output.residual_levels,
+            edges=output.residual_edges,
+            # only frozen clusters can still be named by seam edges further up
+            **_frozen_aliases(alias_from, alias_to, output.residual_ids),
         ),
-        dropped=output.dropped,
+        dropped=ClusterEdges.concatenate([pre_dropped, output.dropped]),
+    )
+
+
+class _Relabel:
+    """Maps fragment ids to the cluster they are in after the given merge records."""
+
+    def __init__(self, records: ClusterEdges) -> None:
+        self.parent: dict[int, int] = {}
+        for a, b in zip(records.a.tolist(), records.b.tolist(), strict=True):
+            self.parent[int(b)] = int(a)
+
+    def find(self, x: int) -> int:
+        while x in self.parent:
+            x = self.parent[x]
+        return x
+
+    def __call__(self, ids: NDArray[np.uint64]) -> NDArray[np.uint64]:
+        return np.array([self.find(int(x)) for x in ids.tolist()], dtype=np.uint64)
+
+
+def _apply_aliases(
+    edges: ClusterEdges, alias_from: NDArray[np.uint64], alias_to: NDArray[np.uint64]
+) -> ClusterEdges:
+    """``edges`` with every endpoint that is an alias replaced by its cluster (not reordered)."""
+    order = np.argsort(alias_from)
+    keys, values = alias_from[order], alias_to[order]
+
+    def mapped(ends: NDArray[np.uint64]) -> NDArray[np.uint64]:
+        position = np.minimum(np.searchsorted(keys, ends), keys.size - 1)
+        hit = keys[position] == ends
+        return np.where(hit, values[position], ends).astype(np.uint64)
+
+    return ClusterEdges(
+        a=mapped(edges.a),
+        b=mapped(edges.b),
+        s=edges.s,
+        n=edges.n,
+        tau_hi=edges.tau_hi,
+        tau_lo=edges.tau_lo,
+    )
+
+
+def _frozen_aliases(
+    alias_from: NDArray[np.uint64], alias_to: NDArray[np.uint64], frozen: NDArray[np.uint64]
+) -> dict[str, NDArray[np.uint64]]:
+    keep = np.isin(alias_to, frozen)
+    order = np.argsort(alias_from[keep], kind="stable")
+    return {
+        "alias_from": np.ascontiguousarray(alias_from[keep][order], dtype=np.uint64),
+        "alias_to": np.ascontiguousarray(alias_to[keep][order], dtype=np.uint64),
+    }
+
+
+def merge_forced(
+    ids: NDArray[np.uint64],
+    levels: NDArray[np.uint8],
+    edges: ClusterEdges,
+    forced: NDArray[np.bool_],
+) -> tuple[NDArray[np.uint64], NDArray[np.uint8], ClusterEdges, ClusterEdges, ClusterEdges]:
+    """Merge the clusters joined by forced edges, before any scored merge.
+
+    Forced edges are taken in increasing ``(a, b)`` order; each that joins two
+    clusters is one record ``(smaller id, larger id, 255 n, n)`` (height 0). A
+    merged cluster is named by its smallest id, takes the largest level of its
+    parts, and its edges to another cluster are summed into one (``s`` and
+    ``n`` added, the largest tie key kept, as the kernel combines edges).
+    Other edges inside a merged cluster (also forced ones that joined nothing
+    new) are dropped.
+
+    Args:
+        ids: (C,) cluster ids.
+        levels: (C,) their levels.
+        edges: every edge among the clusters.
+        forced: (E,) which edges are forced.
+
+    Returns:
+        The clusters (sorted), their levels, their edges, the forced records and
+        the dropped edges.
+    """
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    sorted_levels = levels[order]
+    index_a = _fragment_index(sorted_ids, edges.a, "edge a")
+    index_b = _fragment_index(sorted_ids, edges.b, "edge b")
+    parent = list(range(sorted_ids.size))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    chosen = np.flatnonzero(forced)
+    chosen = chosen[np.lexsort((edges.b[chosen], edges.a[chosen]))]
+    record_rows: list[tuple[int, int, int, int, int, int]] = []
+    recorded = np.zeros(len(edges), dtype=bool)
+    for i in chosen.tolist():
+        ra, rb = find(int(index_a[i])), find(int(index_b[i]))
+        if ra == rb:
+            continue
+        recorded[i] = True
+        low, high = min(ra, rb), max(ra, rb)  # sorted ids: the smaller index is the smaller id
+        parent[high] = low
+        n = int(edges.n[i])
+        record_rows.append(
+            (
+                int(sorted_ids[low]),
+                int(sorted_ids[high]),
+                255 * n,
+                n,
+                int(edges.tau_hi[i]),
+                int(edges.tau_lo[i]),
+            )
+        )
+    roots = np.array([find(k) for k in range(sorted_ids.size)], dtype=np.int64)
+    merged_levels = sorted_levels.copy()
+    np.maximum.at(merged_levels, roots, sorted_levels)
+    keep_clusters = roots == np.arange(sorted_ids.size)
+    root_a, root_b = roots[index_a], roots[index_b]
+    inside = (root_a == root_b) & ~recorded
+    outside = root_a != root_b
+    dropped = edges.take(np.flatnonzero(inside))
+    a = np.minimum(root_a, root_b)[outside]
+    b = np.maximum(root_a, root_b)[outside]
+    rest = edges.take(np.flatnonzero(outside))
+    combined = ClusterEdges.empty()
+    if a.size:
+        # sum parallel edges; keep the largest tie key (tau_hi, tau_lo)
+        key_order = np.lexsort((rest.tau_lo, rest.tau_hi, b, a))
+        a, b = a[key_order], b[key_order]
+        rest = rest.take(key_order)
+        first = np.ones(a.size, dtype=bool)
+        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        starts = np.flatnonzero(first)
+        last = np.r_[starts[1:] - 1, a.size - 1]
+        combined = ClusterEdges(
+            a=np.ascontiguousarray(sorted_ids[a[starts]]),
+            b=np.ascontiguousarray(sorted_ids[b[starts]]),
+            s=np.add.reduceat(rest.s, starts).astype(np.uint64),
+            n=np.add.reduceat(rest.n, starts).astype(np.uint64),
+            tau_hi=np.ascontiguousarray(rest.tau_hi[last]),
+            tau_lo=np.ascontiguousarray(rest.tau_lo[last]),
+        )
+    records = ClusterEdges(
+        *(
+            np.array([row[k] for row in record_rows], dtype=np.uint64)
+            for k in range(len(_EDGE_FIELDS))
+        )
+    )
+    return (
+        np.ascontiguousarray(sorted_ids[keep_clusters]),
+        np.ascontiguousarray(merged_levels[keep_clusters]),
+        combined,
+        records,
+        dropped,
     )
 
 
@@ -466,7 +695,15 @@ def run_hierarchy(
         seam = plan.seam_edges(node)
         n_clusters = sum(child.ids.size for child in children)
         n_edges = sum(len(child.edges) for child in children) + len(seam)
-        result = run_task(level, children, seam, bound, node=node, task_kernel=task_kernel)
+        result = run_task(
+            level,
+            children,
+            seam,
+            bound,
+            forced=plan.seam_forced(node),
+            node=node,
+            task_kernel=task_kernel,
+        )
         del children
         pending[node] = result.residual
         records.append(result.records)
@@ -593,6 +830,8 @@ def save_task_result(path: str | os.PathLike[str], result: TaskResult) -> None:
         "format": np.array([_FILE_FORMAT, result.node, result.level], dtype=np.int64),
         "residual_ids": result.residual.ids,
         "residual_levels": result.residual.levels,
+        "residual_alias_from": result.residual.alias_from,
+        "residual_alias_to": result.residual.alias_to,
     }
     for prefix, edges in (
         ("records", result.records),
@@ -626,7 +865,13 @@ def load_task_result(path: str | os.PathLike[str]) -> TaskResult:
         HierarchyInputError: if the file is not such a result (names the file).
     """
     source = Path(path)
-    expected = ["format", "residual_ids", "residual_levels"] + [
+    expected = [
+        "format",
+        "residual_ids",
+        "residual_levels",
+        "residual_alias_from",
+        "residual_alias_to",
+    ] + [
         f"{prefix}_{name}"
         for prefix in ("records", "residual_edges", "dropped")
         for name in _EDGE_FIELDS
@@ -662,6 +907,8 @@ def load_task_result(path: str | os.PathLike[str]) -> TaskResult:
             ids=arrays["residual_ids"],
             levels=arrays["residual_levels"],
             edges=edges("residual_edges"),
+            alias_from=arrays["residual_alias_from"],
+            alias_to=arrays["residual_alias_to"],
         ),
         dropped=edges("dropped"),
     )

@@ -39,6 +39,7 @@ class StageBlock:
     index: int
     read_roi: Roi
     write_roi: Roi
+    level: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,20 @@ class Tiling:
         grid = self.grid
         return 1 if grid is None else grid.num_blocks
 
-    def block(self, stage: str, read_roi: Roi, write_roi: Roi) -> StageBlock:
+    def block(self, stage: str, read_roi: Roi, write_roi: Roi, level: int = 0) -> StageBlock:
         """The block daisy handed out, cut to the data (write) and read bounds, with its index."""
         write = write_roi.intersect(self.data_roi)
         bounds = self.read_bounds if self.read_bounds is not None else self.data_roi
         grid = self.grid
         index = 0 if grid is None else grid.block_index(write)
-        return StageBlock(stage, index, read_roi.intersect(bounds), write)
+        return StageBlock(stage, index, read_roi.intersect(bounds), write, level)
+
+    def coarsened(self, level: int) -> Tiling:
+        """The tiling of octree level ``level``: ``2**level`` blocks per axis, no context."""
+        if self.block_shape_vx is None:
+            raise ValueError("a whole-volume tiling has no octree levels")
+        shape = Coordinate(b * 2**level for b in self.block_shape_vx)
+        return Tiling(self.data_roi, self.voxel_size, shape)
 
     def read_voxels_per_block(self) -> int:
         """Voxels a full block reads (its write shape plus context)."""
@@ -158,6 +166,10 @@ class Stage:
         inputs: the ``inputs`` entries the stage reads (their files' identities key
             its done markers).
         clear_outputs: removes everything the stage wrote (``reset``, ``--rerun-changed``).
+        levels: None for a stage of one daisy task; otherwise the number of
+            octree levels of the run: the stage runs as that many chained daisy
+            tasks, level ``L`` tiling the data with blocks of ``2**L`` of its
+            tiling's blocks per axis, each waiting for the blocks it covers.
     """
 
     name: str
@@ -172,6 +184,50 @@ class Stage:
     check: Callable[[RunContext], None] = _no_check
     inputs: tuple[str, ...] = ()
     clear_outputs: Callable[[RunContext], None] = _no_check
+    levels: Callable[[RunContext], int] | None = None
+
+
+LEVEL_SEPARATOR = "_level_"
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """One daisy task of a stage: the stage itself, or one octree level of it.
+
+    Attributes:
+        stage: the stage.
+        level: the octree level, None for a stage of one task.
+    """
+
+    stage: Stage
+    level: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The daisy task id; also names the task's done markers and failure records."""
+        if self.level is None:
+            return self.stage.name
+        return f"{self.stage.name}{LEVEL_SEPARATOR}{self.level}"
+
+    def tiling(self, ctx: RunContext) -> Tiling:
+        """The task's blocks."""
+        tiling = self.stage.tiling(ctx)
+        return tiling if self.level is None else tiling.coarsened(self.level)
+
+
+def stage_tasks(ctx: RunContext, stage: Stage) -> list[StageTask]:
+    """The daisy tasks of ``stage`` in order (one, or one per octree level, leaves first)."""
+    if stage.levels is None:
+        return [StageTask(stage)]
+    return [StageTask(stage, level) for level in range(stage.levels(ctx))]
+
+
+def split_task_name(name: str) -> tuple[str, int | None]:
+    """The stage name and level of a daisy task id (see :attr:`StageTask.name`)."""
+    stage, separator, level = name.rpartition(LEVEL_SEPARATOR)
+    if separator and level.isdigit():
+        return stage, int(level)
+    return name, None
 
 
 def single_function(function: Callable[[RunContext, StageBlock], None]) -> Setup:

@@ -18,7 +18,7 @@ from funlib.geometry import Roi
 from blockwise import failures
 from blockwise.errors import BlockFailedError, CheckpointError, ConfigError, InputError
 from blockwise.run_context import RunContext
-from blockwise.stage import BlockFunction, Stage, Tiling
+from blockwise.stage import BlockFunction, Stage, StageTask, Tiling
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,15 @@ class StageWorker:
     Args:
         ctx: the run, opened in this process.
         stage: the stage whose blocks arrive.
+        level: the octree level of the blocks, for a stage run by levels.
     """
 
-    def __init__(self, ctx: RunContext, stage: Stage) -> None:
+    def __init__(self, ctx: RunContext, stage: Stage, level: int | None = None) -> None:
         self.ctx = ctx
         self.stage = stage
+        self.task = StageTask(stage, level)
+        #: the daisy task id: the stage's name, with its level for a stage run by levels
+        self.name = self.task.name
         self._tiling: Tiling | None = None
         self._function: BlockFunction | None = None
         self._exit = ExitStack()
@@ -50,7 +54,7 @@ class StageWorker:
     def tiling(self) -> Tiling:
         """The stage's tiling, computed once."""
         if self._tiling is None:
-            self._tiling = self.stage.tiling(self.ctx)
+            self._tiling = self.task.tiling(self.ctx)
         return self._tiling
 
     def process(self, read_roi: Roi, write_roi: Roi) -> None:
@@ -67,13 +71,11 @@ class StageWorker:
             self.last_end = time.monotonic()
 
     def _process(self, read_roi: Roi, write_roi: Roi) -> None:
-        block = self.tiling.block(self.stage.name, read_roi, write_roi)
-        earlier = failures.read_failure(self.ctx.run_dir, self.stage.name, block.index)
+        block = self.tiling.block(self.stage.name, read_roi, write_roi, self.task.level or 0)
+        earlier = failures.read_failure(self.ctx.run_dir, self.name, block.index)
         if earlier is not None and earlier.is_deterministic:
             # this run already saw the block fail for a reason a retry repeats
-            raise BlockFailedError(
-                f"{self.stage.name} block {block.index} not retried: {earlier.error}"
-            )
+            raise BlockFailedError(f"{self.name} block {block.index} not retried: {earlier.error}")
         try:
             if self._function is None:
                 self._function = self._exit.enter_context(self.stage.setup(self.ctx))
@@ -81,7 +83,7 @@ class StageWorker:
         except Exception as e:
             failures.record_failure(
                 self.ctx.run_dir,
-                self.stage.name,
+                self.name,
                 block.index,
                 block.read_roi,
                 block.write_roi,
@@ -91,13 +93,13 @@ class StageWorker:
             )
             logger.error(
                 "%s block %d (write ROI %s) failed: %s",
-                self.stage.name,
+                self.name,
                 block.index,
                 block.write_roi,
                 e,
             )
             raise
-        failures.clear_failure(self.ctx.run_dir, self.stage.name, block.index)
+        failures.clear_failure(self.ctx.run_dir, self.name, block.index)
 
     def close(self) -> None:
         """Leave the stage's setup (close models, tables, stores it opened)."""

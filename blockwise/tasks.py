@@ -19,36 +19,43 @@ from funlib.geometry import Coordinate, Roi
 
 from blockwise.execution import ExecutionProfile
 from blockwise.run_context import RunContext
-from blockwise.stage import Stage
+from blockwise.stage import Stage, StageTask, stage_tasks
 
 logger = logging.getLogger(__name__)
 
 
-def tracking_path(ctx: RunContext, stage: str) -> Path:
-    """Where daisy keeps a stage's done markers (valid for the hash in the run state)."""
-    return ctx.layout.tracking_dir(stage)
+def tracking_path(ctx: RunContext, task: StageTask) -> Path:
+    """Where daisy keeps a task's done markers (valid for the hash in the run state).
+
+    The levels of a stage run by levels keep theirs in ``level_L`` below the stage's.
+    """
+    path = ctx.layout.tracking_dir(task.stage.name)
+    return path if task.level is None else path / f"level_{task.level}"
 
 
 def build_task(
     ctx: RunContext,
-    stage: Stage,
+    task: StageTask | Stage,
     function: Callable[..., None],
 ) -> Any:
-    """The daisy task of one stage."""
+    """The daisy task of one stage, or of one octree level of a stage run by levels."""
+    if not isinstance(task, StageTask):
+        task = StageTask(task)
     cfg = ctx.config
-    tiling = stage.tiling(ctx)
+    stage = task.stage
+    tiling = task.tiling(ctx)
     workers = stage.resources(cfg).num_workers or cfg.execution.num_workers
     common = {
         "process_function": function,
         "read_write_conflict": False,
         "max_retries": cfg.execution.max_retries,
         "timeout": cfg.execution.block_timeout_s,
-        "tracking_path": str(tracking_path(ctx, stage.name)),
+        "tracking_path": str(tracking_path(ctx, task)),
     }
     if tiling.block_shape_vx is None:
         data = tiling.data_roi
         return daisy.Task(
-            stage.name,
+            task.name,
             total_roi=data,
             read_roi=data,
             write_roi=data,
@@ -59,7 +66,7 @@ def build_task(
     context = tiling.context_nm
     block = Roi((0, 0, 0), Coordinate(tiling.block_shape_vx) * tiling.voxel_size)
     return daisy.Task(
-        stage.name,
+        task.name,
         total_roi=tiling.data_roi.grow(context, context),
         read_roi=block.grow(context, context),
         write_roi=block,
@@ -70,14 +77,18 @@ def build_task(
 
 
 def build_pipeline(ctx: RunContext, stages: list[Stage], profile: ExecutionProfile) -> Any:
-    """The daisy pipeline of a run: one task per stage, chained in order.
+    """The daisy pipeline of a run: one task per stage (per level), chained in order.
 
     Args:
         ctx: the validated run.
         stages: the stages to run, in pipeline order.
         profile: how each stage's blocks are run.
     """
-    tasks = [build_task(ctx, stage, profile.process_function(ctx, stage)) for stage in stages]
+    tasks = [
+        build_task(ctx, task, profile.process_function(ctx, task))
+        for stage in stages
+        for task in stage_tasks(ctx, stage)
+    ]
     pipeline = tasks[0]
     for task in tasks[1:]:
         pipeline = pipeline + task

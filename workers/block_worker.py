@@ -17,6 +17,7 @@ import sys
 import daisy.v2 as daisy
 
 from blockwise.run_context import RunContext
+from blockwise.stage import split_task_name
 from blockwise.stage_worker import StageWorker
 from blockwise.stages import get_stage
 
@@ -24,9 +25,14 @@ logger = logging.getLogger("blockwise.worker")
 
 
 def serve(config_path: str, stage_name: str) -> int:
-    """Process blocks of ``stage_name`` until none are left; returns the number failed."""
+    """Process blocks of ``stage_name`` until none are left; returns the number failed.
+
+    ``stage_name`` is a daisy task id: a stage's name, or ``NAME_level_L`` for
+    octree level ``L`` of a stage run by levels.
+    """
     ctx = RunContext.from_file(config_path)
-    worker = StageWorker(ctx, get_stage(stage_name))
+    name, level = split_task_name(stage_name)
+    worker = StageWorker(ctx, get_stage(name), level)
     client = daisy.Client()
     done = failed = 0
     try:

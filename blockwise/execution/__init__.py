@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from blockwise.run_context import RunContext
-    from blockwise.stage import Stage
+    from blockwise.stage import StageTask
 
 WORKER_MODULE = "blockwise_workers.block_worker"
 
@@ -43,8 +43,8 @@ class ExecutionProfile(Protocol):
     #: the address the daisy scheduler listens on (routable for cluster profiles)
     host: str
 
-    def process_function(self, ctx: RunContext, stage: Stage) -> Callable[..., Any]:
-        """daisy's ``process_function`` for ``stage``'s task."""
+    def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
+        """daisy's ``process_function`` for ``task`` (a stage, or one level of it)."""
 
     def teardown(self) -> None:
         """Stop everything the profile started; safe to call more than once."""

@@ -8,7 +8,7 @@ from typing import Any
 import daisy.v2 as daisy
 
 from blockwise.run_context import RunContext
-from blockwise.stage import Stage
+from blockwise.stage import StageTask
 from blockwise.stage_worker import StageWorker
 
 
@@ -38,16 +38,16 @@ class InProcessProfile:
     def __init__(self) -> None:
         self._workers: list[StageWorker] = []
 
-    def process_function(self, ctx: RunContext, stage: Stage) -> Callable[..., Any]:
-        """A block function running ``stage`` here."""
-        worker = StageWorker(ctx, stage)
+    def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
+        """A block function running ``task``'s blocks here."""
+        worker = StageWorker(ctx, task.stage, task.level)
         self._workers.append(worker)
         return InProcessBlock(worker)
 
     def stage_seconds(self) -> dict[str, float]:
         """Seconds from each stage's first block starting to its last block ending."""
         return {
-            w.stage.name: w.last_end - w.first_start
+            w.name: w.last_end - w.first_start
             for w in self._workers
             if w.first_start is not None and w.last_end is not None
         }

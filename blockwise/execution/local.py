@@ -11,7 +11,7 @@ from typing import Any
 
 from blockwise.execution import worker_command
 from blockwise.run_context import RunContext
-from blockwise.stage import Stage
+from blockwise.stage import StageTask
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,10 @@ class LocalProfile:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
 
-    def process_function(self, ctx: RunContext, stage: Stage) -> Callable[..., Any]:
+    def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
         """A worker-starting function; GPU stages spread their workers over the GPUs."""
-        gpus = visible_gpus() if stage.resources(ctx.config).gpus else ()
-        return LocalWorker(str(self.config_path), stage.name, gpus)
+        gpus = visible_gpus() if task.stage.resources(ctx.config).gpus else ()
+        return LocalWorker(str(self.config_path), task.name, gpus)
 
     def teardown(self) -> None:
         """Nothing to stop: daisy ends its worker processes with the run."""

@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     # SlurmWorker, and need none of these (nor zarr, numpy, pydantic behind them)
     from blockwise.config import RunConfig, SlurmStageResources
     from blockwise.run_context import RunContext
-    from blockwise.stage import Stage
+    from blockwise.stage import StageTask
 
 logger = logging.getLogger(__name__)
 
@@ -797,25 +797,29 @@ class SlurmProfile:
                 if old.is_dir():
                     shutil.rmtree(old, ignore_errors=True)
 
-    def workers_of(self, ctx: RunContext, stage: Stage) -> int:
-        """Array tasks of ``stage``: its workers, at most one per block (one for whole stages)."""
-        tiling = stage.tiling(ctx)
+    def workers_of(self, ctx: RunContext, task: StageTask) -> int:
+        """Array tasks of ``task``: its workers, at most one per block (one for whole stages)."""
+        tiling = task.tiling(ctx)
         if tiling.is_whole:
             return 1
+        stage = task.stage
         workers = stage.resources(ctx.config).num_workers or ctx.config.execution.num_workers
         return max(1, min(workers, tiling.num_blocks))
 
-    def process_function(self, ctx: RunContext, stage: Stage) -> Callable[..., Any]:
-        """The stage's worker function, after ``sbatch --test-only`` accepted its options.
+    def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
+        """The task's worker function, after ``sbatch --test-only`` accepted its options.
+
+        Every level of a stage run by levels is one array, with the stage's resources.
 
         Raises:
             SlurmError: naming the stage, if sbatch refuses its options (an unknown
                 partition or account, resources no node has).
         """
+        stage = task.stage
         resources = self.settings.for_stage(stage.name)
         gpus = resources.gpus if resources.gpus is not None else stage.resources(ctx.config).gpus
         options = sbatch_options(resources, gpus)
-        size = min(self.workers_of(ctx, stage), self.max_array_size)
+        size = min(self.workers_of(ctx, task), self.max_array_size)
         try:
             run_slurm(
                 [
@@ -834,13 +838,13 @@ class SlurmProfile:
                 f"{e}"
             ) from None
         return SlurmWorker(
-            stage=stage.name,
+            stage=task.name,
             run_dir=str(self.run_dir),
             session=self.session,
-            command=tuple(worker_command(self.config_path, stage.name)),
+            command=tuple(worker_command(self.config_path, task.name)),
             options=tuple(options),
-            job_name=f"blockwise-{self.config.name}-{stage.name}",
-            num_tasks=self.workers_of(ctx, stage),
+            job_name=f"blockwise-{self.config.name}-{task.name}",
+            num_tasks=self.workers_of(ctx, task),
             max_array_size=self.max_array_size,
             max_parallel=resources.max_parallel,
             poll_interval_s=self.settings.poll_interval_s,
