@@ -85,7 +85,8 @@ def _plan(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from blockwise.status import describe_status
 
-    sys.stdout.write(describe_status(load_config(args.config), args.config) + "\n")
+    text = describe_status(load_config(args.config), args.config, verify=args.verify)
+    sys.stdout.write(text + "\n")
     return 0
 
 
@@ -105,7 +106,11 @@ def _synth(args: argparse.Namespace) -> int:
     from blockwise.synthetic import synthesize_affinities_file
 
     synthesize_affinities_file(
-        Path(args.labels), args.labels_dataset, Path(args.out), seed=args.seed
+        Path(args.labels),
+        args.labels_dataset,
+        Path(args.out),
+        seed=args.seed,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -205,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = verbs.add_parser("status", help="blocks done per stage, nodes and edges in the store")
     status.add_argument("config")
+    status.add_argument(
+        "--verify",
+        action="store_true",
+        help="also read every output chunk of every finished block and check the graph store",
+    )
     status.set_defaults(func=_status)
 
     train = verbs.add_parser(
@@ -225,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out", help="zarr container to write (dataset 'affs')")
     synth.add_argument("--labels-dataset", default="labels")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace 'affs' and 'labels' if the container already has them",
+    )
     synth.set_defaults(func=_synth)
 
     evaluate = verbs.add_parser(
@@ -251,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="voxels read at once (z y x)",
     )
     evaluate.add_argument(
-        "--voxel-size", type=int, nargs=3, metavar="NM", help="override both files' voxel size"
+        "--voxel-size",
+        type=int,
+        nargs=3,
+        metavar="NM",
+        help="voxel size of files that state none (a file that states one must agree)",
     )
     evaluate.add_argument("--top", type=int, default=10, help="worst objects listed per kind")
     evaluate.add_argument("--out", default=".", help="folder for evaluation.json and .png")

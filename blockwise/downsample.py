@@ -37,6 +37,7 @@ from funlib.geometry import Coordinate, Roi
 from numpy.typing import NDArray
 
 from blockwise.errors import InputError
+from blockwise.ngff import write_multiscales
 from blockwise.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ Method = Literal["mean", "mode"]
 # NGFF 0.4 requires nested chunk keys ("0/1/2"); readers find no chunk otherwise
 DIMENSION_SEPARATOR = "/"
 METHODS: tuple[Method, ...] = ("mean", "mode")
+# pyramid levels are written with write_empty_chunks=False: a missing chunk is all zeros
+_WRITTEN_HERE: dict[str, Any] = {"missing_chunks": "fill_value", "is_output": True}
 
 
 def _factor3(factor: int | Sequence[int]) -> tuple[int, int, int]:
@@ -158,6 +161,9 @@ def downsample(data: NDArray[Any], factor: int | Sequence[int], method: Method) 
 def volume_of_array(array: Any, name: str = "array") -> Volume:
     """A :class:`Volume` over a zarr array with ``offset``/``resolution`` attributes (nm).
 
+    A missing chunk reads as the array's fill value, as zarr itself reads it
+    (pyramid levels are written without their all-zero chunks).
+
     Raises:
         InputError: if the attributes are missing.
     """
@@ -177,6 +183,7 @@ def volume_of_array(array: Any, name: str = "array") -> Volume:
         num_channels=num_channels,
         dtype=np.dtype(array.dtype),
         array=array,
+        missing_chunks="fill_value",
     )
 
 
@@ -299,8 +306,6 @@ def create_pyramid_levels(
     Returns:
         The levels as volumes, level 0 first.
     """
-    from blockwise.ngff import write_multiscales
-
     f = _factor3(factor)
     shapes = pyramid_shapes(level0.roi.shape / level0.voxel_size, chunk_shape_vx, f, num_levels)
     levels = [level0]
@@ -331,7 +336,9 @@ def create_pyramid_levels(
         array.attrs["offset"] = list(level0.roi.offset)
         array.attrs["resolution"] = list(vs)
         roi = Roi(level0.roi.offset, vs * Coordinate(shape))
-        levels.append(Volume(level0.path, path, vs, roi, channels, level0.dtype, array))
+        levels.append(
+            Volume(level0.path, path, vs, roi, channels, level0.dtype, array, **_WRITTEN_HERE)
+        )
     write_multiscales(
         group.require_group(name),
         voxel_size=tuple(level0.voxel_size),
@@ -342,6 +349,175 @@ def create_pyramid_levels(
         method=method,
     )
     return levels
+
+
+def _require_level_array(
+    group: zarr.Group,
+    path: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: np.dtype,
+) -> zarr.Array:
+    """The level array ``path``: created, or opened if it is there with this shape and dtype.
+
+    Safe when several workers call it at once: a creation that loses the race
+    opens the winner's array (identical metadata).
+
+    Raises:
+        InputError: if an array of another shape or dtype is there.
+    """
+    try:
+        array = group.create_dataset(
+            path,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=0,
+            write_empty_chunks=False,
+            dimension_separator=DIMENSION_SEPARATOR,
+            overwrite=False,
+        )
+    except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
+        array = group[path]
+    if (
+        not isinstance(array, zarr.Array)
+        or tuple(array.shape) != shape
+        or np.dtype(array.dtype) != np.dtype(dtype)
+    ):
+        found = (
+            f"shape {array.shape} and dtype {array.dtype}"
+            if isinstance(array, zarr.Array)
+            else "a group"
+        )
+        raise InputError(
+            f"{_store_path(group)}:{group.path}/{path} holds {found}; expected an array of "
+            f"shape {shape} and dtype {np.dtype(dtype)} (remove it, or reset the downsample stage)"
+        )
+    return array
+
+
+def require_pyramid(
+    group: zarr.Group,
+    name: str,
+    roi: Roi,
+    voxel_size: Coordinate,
+    dtype: np.dtype | type,
+    num_channels: int | None,
+    factor: int | Sequence[int],
+    chunk_shape_vx: Sequence[int],
+    num_levels: int,
+    method: Method,
+) -> list[Volume]:
+    """Create (or open) every level ``name/s0 .. s{num_levels - 1}`` of a pyramid and its metadata.
+
+    Unlike :func:`create_pyramid_levels` level 0 is created here too, so a
+    stage can copy a volume into an OME-Zarr image block by block. Idempotent
+    and safe to call from several workers at once.
+
+    Args:
+        group: the zarr group holding the image group ``name``.
+        name: the image group, e.g. ``"fragments"``.
+        roi: level 0's extent (nm).
+        voxel_size: level 0's voxel size (nm).
+        dtype: the arrays' dtype.
+        num_channels: the leading channel axis' size, or None.
+        factor: per-level factor (z, y, x).
+        chunk_shape_vx: spatial chunk shape of every level.
+        num_levels: levels in total, level 0 included.
+        method: ``"mean"`` or ``"mode"`` (recorded in the metadata).
+
+    Returns:
+        The levels as volumes, level 0 first.
+
+    Raises:
+        InputError: if an existing level has another shape or dtype.
+        ValueError: if ``num_levels`` levels do not fit the volume.
+    """
+    f = _factor3(factor)
+    vs = Coordinate(voxel_size)
+    shapes = pyramid_shapes(roi.shape / vs, chunk_shape_vx, f, num_levels)
+    levels = []
+    for k, shape in enumerate(shapes):
+        full = shape if num_channels is None else (num_channels, *shape)
+        chunks = tuple(int(c) for c in chunk_shape_vx)
+        if num_channels is not None:
+            chunks = (num_channels, *chunks)
+        path = f"{name}/s{k}"
+        array = _require_level_array(group, path, full, chunks, np.dtype(dtype))
+        array.attrs.update({"offset": list(roi.offset), "resolution": list(vs)})
+        levels.append(
+            Volume(
+                _store_path(group),
+                f"{group.path}/{path}".lstrip("/"),
+                vs,
+                Roi(roi.offset, vs * Coordinate(shape)),
+                num_channels,
+                np.dtype(dtype),
+                array,
+                **_WRITTEN_HERE,
+            )
+        )
+        vs = vs * Coordinate(f)
+    image = group[name]
+    write_multiscales(
+        image,
+        voxel_size=tuple(voxel_size),
+        offset=tuple(roi.offset),
+        num_levels=len(levels),
+        factor=f,
+        has_channels=num_channels is not None,
+        method=method,
+    )
+    return levels
+
+
+def downsample_levels(
+    levels: Sequence[Volume],
+    data: NDArray[Any],
+    write_roi: Roi,
+    factor: int | Sequence[int],
+    method: Method,
+) -> None:
+    """Write one block of every level of a pyramid from the block's full-resolution data.
+
+    Level ``k``'s part of the block is ``write_roi`` cut to level ``k``'s
+    extent, computed from level ``k - 1``'s part in memory, exactly as
+    :func:`downsample_block` would compute it from the stored level. When
+    ``write_roi`` starts on the coarsest level's voxel grid (counted from level
+    0's offset), blocks tiling the volume give the whole-volume pyramid.
+
+    Args:
+        levels: the pyramid's levels, level 0 first (e.g. from :func:`require_pyramid`).
+        data: level 0's voxels of ``write_roi``.
+        write_roi: the block (nm), inside level 0.
+        factor: per-level factor (z, y, x).
+        method: ``"mean"`` or ``"mode"``.
+
+    Raises:
+        InputError: if ``write_roi`` does not start on the coarsest level's voxel grid.
+    """
+    f = _factor3(factor)
+    coarsest = levels[-1]
+    relative = write_roi.begin - levels[0].roi.begin
+    if any(r % v for r, v in zip(relative, coarsest.voxel_size, strict=True)):
+        raise InputError(
+            f"block {write_roi} does not start on the voxel grid of the coarsest level "
+            f"{coarsest.name} ({coarsest.voxel_size} nm from {levels[0].roi.begin}); its "
+            "coarse voxels would be split between blocks"
+        )
+    levels[0].write(write_roi, data)
+    for level in levels[1:]:
+        part = write_roi.intersect(level.roi)
+        if part.empty:
+            break
+        data = downsample(data, f, method)
+        expected = tuple(part.shape / level.voxel_size)
+        if tuple(data.shape[-3:]) != expected:
+            raise InputError(
+                f"block {write_roi}: level {level.name} expects {expected} voxels but "
+                f"downsampling gave {data.shape[-3:]}"
+            )
+        level.write(part, data)
 
 
 def write_pyramid(
@@ -394,7 +570,9 @@ def write_pyramid(
     array.attrs["offset"] = [int(o) for o in offset]
     array.attrs["resolution"] = list(vs)
     roi = Roi(Coordinate(int(o) for o in offset), vs * Coordinate(data.shape[-3:]))
-    level0 = Volume(_store_path(group), path, vs, roi, channels, np.dtype(data.dtype), array)
+    level0 = Volume(
+        _store_path(group), path, vs, roi, channels, np.dtype(data.dtype), array, **_WRITTEN_HERE
+    )
     levels = create_pyramid_levels(group, name, level0, factor, chunk_shape_vx, method, num_levels)
     current = data
     for level in levels[1:]:

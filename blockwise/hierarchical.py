@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -71,10 +72,12 @@ __all__ = [
     "load_task_result",
     "merge_forced",
     "plan_hierarchy",
+    "read_arrays",
     "run_hierarchy",
     "run_task",
     "save_task_result",
     "segment_tables",
+    "write_arrays",
 ]
 
 logger = logging.getLogger(__name__)
@@ -840,6 +843,19 @@ def save_task_result(path: str | os.PathLike[str], result: TaskResult) -> None:
     ):
         for name in _EDGE_FIELDS:
             arrays[f"{prefix}_{name}"] = getattr(edges, name)
+    write_arrays(target, arrays)
+
+
+def write_arrays(path: str | os.PathLike[str], arrays: dict[str, NDArray[np.generic]]) -> None:
+    """Write named arrays to ``path`` as an uncompressed .npz, atomically and reproducibly.
+
+    The file is written next to ``path`` under a temporary name, synced and
+    moved into place with ``os.replace``: a reader sees no file or the whole
+    one, and the same arrays always give the same bytes (fixed zip timestamps,
+    arrays in the order given).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:
@@ -856,6 +872,25 @@ def save_task_result(path: str | os.PathLike[str], result: TaskResult) -> None:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def read_arrays(path: str | os.PathLike[str], names: Sequence[str]) -> dict[str, NDArray[Any]]:
+    """The named arrays of an .npz written by :func:`write_arrays`.
+
+    Raises:
+        HierarchyInputError: if the file cannot be read or lacks an array (names both).
+    """
+    source = Path(path)
+    try:
+        with open(source, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+            missing = [name for name in names if name not in data.files]
+            if missing:
+                raise HierarchyInputError(f"{source} lacks the arrays {missing}")
+            return {name: data[name] for name in names}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        if isinstance(e, HierarchyInputError):
+            raise
+        raise HierarchyInputError(f"cannot read {source}: {e}") from e
 
 
 def load_task_result(path: str | os.PathLike[str]) -> TaskResult:

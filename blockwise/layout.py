@@ -57,6 +57,27 @@ class RunLayout:
         """The lookup table file of one threshold."""
         return self.lut_dir / f"{threshold_name(threshold)}.npz"
 
+    @property
+    def hierarchy_dir(self) -> Path:
+        """The hierarchical agglomeration's files (``segments.method: hierarchical``)."""
+        return self.run_dir / "hierarchy"
+
+    def leaf_path(self, block: int) -> Path:
+        """A leaf block's fragments with their levels, written by agglomerate."""
+        return self.hierarchy_dir / "leaves" / f"block_{block}.npz"
+
+    def seam_dir(self, level: int) -> Path:
+        """The edges whose lowest common ancestor lies on ``level``, one file per owning block."""
+        return self.hierarchy_dir / "edges" / f"level_{level}"
+
+    def seam_path(self, level: int, block: int) -> Path:
+        """The edges of one block whose lowest common ancestor lies on ``level``."""
+        return self.seam_dir(level) / f"block_{block}.npz"
+
+    def task_path(self, level: int, node: int) -> Path:
+        """The result (merge records, residual graph) of one octree task."""
+        return self.hierarchy_dir / "tasks" / f"level_{level}" / f"node_{node}.npz"
+
     def tracking_dir(self, stage: str) -> Path:
         """daisy's done markers of one stage (what produced them: :attr:`run_state`)."""
         return self.run_dir / "tracking" / stage

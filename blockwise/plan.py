@@ -8,9 +8,44 @@ from pathlib import Path
 from blockwise.config import RunConfig, parse_config
 from blockwise.errors import BlockwiseError, RunChangedError
 from blockwise.geometry import voxels
+from blockwise.integrity import check_affinity_samples
+from blockwise.run_context import RunContext
 from blockwise.run_state import find_changes, refusal_message
 from blockwise.runner import check_run_dir, check_store_owner, prepare, validate
+from blockwise.stage import Stage, stage_tasks
 from blockwise.stage_worker import StageWorker
+
+
+def levels_line(ctx: RunContext, stage: Stage) -> str:
+    """The octree of a stage run by levels: tasks per level and the root task's memory bound.
+
+    Every edge a task holds joins fragments of two different leaf blocks or lies
+    on a frozen cluster's surface, and frozen clusters touch a block face; the
+    number of voxel contacts across the internal faces of the root (the
+    largest task) bounds its clusters and edges, which bounds its memory
+    (:func:`~blockwise.hierarchical.estimate_task_memory`).
+    """
+    from blockwise.hierarchical import estimate_task_memory
+
+    tasks = stage_tasks(ctx, stage)
+    counts = [task.tiling(ctx).num_blocks for task in tasks]
+    leaf = tasks[0].tiling(ctx)
+    grid = leaf.grid
+    assert grid is not None  # a stage run by levels tiles the data
+    shape = [s // v for s, v in zip(leaf.data_roi.shape, leaf.voxel_size, strict=True)]
+    contacts = 0
+    for axis in range(3):
+        area = 1
+        for other in range(3):
+            if other != axis:
+                area *= shape[other]
+        contacts += (grid.grid_shape[axis] - 1) * area
+    memory = estimate_task_memory(contacts, contacts) / 2**20
+    return (
+        f"  {stage.name}: octree of {len(tasks)} levels, tasks per level {counts} "
+        f"(leaves = {list(grid.grid_shape)} blocks of {list(grid.block_shape_vx)} vx); "
+        f"largest task (the root) <= {memory:.0f} MiB ({contacts} face contacts)"
+    )
 
 
 def describe_plan(config: RunConfig) -> str:
@@ -23,6 +58,8 @@ def describe_plan(config: RunConfig) -> str:
         changes = find_changes(config, [s for s, _ in stages])
         if any(c.blocks_done for c in changes):
             raise RunChangedError(refusal_message(config.run_dir, changes))
+    # broken affinity values fail here, not in the blocks that read them
+    sampled = check_affinity_samples(ctx)
     vs = ctx.voxel_size
     source = ctx.source
     lines = [f"run {config.name} -> {config.run_dir}"]
@@ -38,12 +75,16 @@ def describe_plan(config: RunConfig) -> str:
         f"fragment ids up to {ctx.fragment_ids.max_fragment_id} (fits uint64: ok) over "
         f"{ctx.grid.num_blocks} extract_fragments blocks",
         f"graph store {config.store_uri}",
+        sampled,
     ]
     if config.predict is not None:
         from blockwise.nn.architecture import describe
 
         lines.append(describe(config.predict.unet, config.predict.input_shape_vx))
     for stage, tiling in stages:
+        if stage.levels is not None:
+            lines.append(levels_line(ctx, stage))
+            continue
         if tiling.is_whole:
             lines.append(f"  {stage.name}: 1 block over {tiling.data_roi}")
             continue
@@ -76,9 +117,16 @@ def smoke_test(config: RunConfig, scratch: Path) -> str:
     data["store"]["uri"] = None
     scratch_config = parse_config(data, f"{config.name} (smoke test)")
     ctx, stages = prepare(scratch_config)
+    # a stage's first block may read beyond what the upstream first blocks wrote; in a
+    # smoke test an output chunk that is missing there means "not computed": zeros
+    outputs = [ctx.fragments, *(ctx.segmentation(t) for t in scratch_config.segments.thresholds)]
+    if ctx.predicts:
+        outputs.append(ctx.predicted_affinities)
+    for volume in outputs:
+        volume.missing_chunks = "fill_value"
     lines = [f"smoke test in {scratch / 'run'}: the first block of each stage"]
     for stage, tiling in stages:
-        worker = StageWorker(ctx, stage)
+        worker = StageWorker(ctx, stage, 0 if stage.levels is not None else None)
         grid = tiling.grid
         write = tiling.data_roi if grid is None else grid.write_roi(0)
         context = tiling.context_nm
@@ -93,5 +141,10 @@ def smoke_test(config: RunConfig, scratch: Path) -> str:
         finally:
             worker.close()
         lines.append(f"  {stage.name}: ok in {time.perf_counter() - start:.1f} s")
+        if stage.levels is not None:
+            # its higher levels and the stages after it need every leaf block
+            later = [s.name for s, _ in stages[stages.index((stage, tiling)) + 1 :]]
+            lines.append(f"  {stage.name} levels >= 1 and {later}: need every block, not run")
+            break
     ctx.close()
     return "\n".join(lines)

@@ -5,25 +5,14 @@ and styles are inline. :func:`write_report` reads whatever the run directory
 holds and renders each part that exists:
 
 - ``config.yaml`` (the resolved config): the run's name and inputs.
-- ``summary.json``, written by the driver at the end of a run, with this
-  schema (:data:`SUMMARY_SCHEMA`)::
-
-      {
-        "stages": [
-          {"name": str, "total": int, "done": int, "skipped": int,
-           "failed": int, "wall_s": float, "megavoxels": float}
-        ],
-        "blocks": [
-          {"stage": str, "block": int, "worker": str | int,
-           "start_s": float, "end_s": float}
-        ]
-      }
-
-  ``total/done/skipped/failed`` count blocks; ``wall_s`` is the stage's wall
-  time and ``megavoxels`` the volume it processed (MVox/s = megavoxels /
-  wall_s); in ``blocks`` each processed block has its worker and its start
-  and end in seconds since the run started. Rendered as a per-stage table and
-  a blocks-over-time plot with one row per worker.
+- ``summary.json``, written by the driver when a run ends; its schema is
+  documented in :mod:`blockwise.summary`, and :data:`SUMMARY_SCHEMA` lists
+  the keys this page needs (older summaries without the optional keys still
+  render). Rendered as the run's start, end and exit status, a per-stage
+  table (blocks total/done/skipped/failed, wall time, MVox, MVox/s, workers)
+  and a blocks-over-time plot: one row per worker and a bar per block where
+  block times were recorded, else one bar per stage from its first block's
+  start to its last block's end.
 - ``evaluation.json`` / ``evaluation.png``: the scores table (one row per
   threshold, or the single result of ``blockwise evaluate``), the worst split
   and merge objects and the plot.
@@ -49,11 +38,13 @@ from typing import Any
 import yaml
 
 from blockwise.errors import InputError
+from blockwise.summary import SUMMARY_NAME
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
-SUMMARY_NAME = "summary.json"
+# the keys each stage and block entry must have; ``mvox_per_s``, ``workers``,
+# ``start_s`` and ``end_s`` of a stage are optional (see blockwise.summary)
 SUMMARY_SCHEMA: dict[str, Any] = {
     "stages": [
         {
@@ -148,7 +139,26 @@ def load_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
-def blocks_plot(blocks: list[dict[str, Any]]) -> bytes:
+def stage_spans(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One pseudo-block per stage that ran, from its ``start_s`` to its ``end_s``.
+
+    For summaries without per-block times: :func:`blocks_plot` then draws one
+    row per stage.
+    """
+    return [
+        {
+            "stage": s["name"],
+            "block": 0,
+            "worker": s["name"],
+            "start_s": float(s["start_s"]),
+            "end_s": float(s["end_s"]),
+        }
+        for s in stages
+        if s.get("start_s") is not None and s.get("end_s") is not None
+    ]
+
+
+def blocks_plot(blocks: list[dict[str, Any]], row_label: str = "worker") -> bytes:
     """PNG: one row per worker, a bar per block from its start to its end, coloured by stage."""
     import matplotlib
 
@@ -158,7 +168,8 @@ def blocks_plot(blocks: list[dict[str, Any]]) -> bytes:
     workers = sorted({str(b["worker"]) for b in blocks})
     stages = list(dict.fromkeys(str(b["stage"]) for b in blocks))
     colours = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(10, 0.6 + 0.35 * max(len(workers), 2)), dpi=100)
+    # tall enough for one row per worker and one legend entry per stage
+    fig, ax = plt.subplots(figsize=(10, 0.8 + 0.3 * max(len(workers), len(stages), 2)), dpi=100)
     for s, stage in enumerate(stages):
         for w, worker in enumerate(workers):
             spans = [
@@ -184,8 +195,8 @@ def blocks_plot(blocks: list[dict[str, Any]]) -> bytes:
                 )
     ax.set_yticks(range(len(workers)), workers, fontsize=8)
     ax.set_xlabel("seconds since the run started")
-    ax.set_ylabel("worker")
-    ax.set_title("blocks over time per worker")
+    ax.set_ylabel(row_label)
+    ax.set_title(f"blocks over time per {row_label}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
@@ -260,11 +271,23 @@ def _section_summary(run_dir: Path) -> str:
     if not path.exists():
         return f'<p class="missing">no {SUMMARY_NAME} (written at the end of a run)</p>'
     summary = load_summary(path)
+    parts = []
+    if "exit_status" in summary:
+        parts.append(
+            f"<p>{_esc(summary.get('profile', ''))} run from {_esc(summary.get('started_at'))} "
+            f"to {_esc(summary.get('ended_at'))} ({float(summary.get('wall_s', 0.0)):.1f} s): "
+            f"<b>{_esc(summary['exit_status'])}</b> (exit code "
+            f"{_esc(summary.get('exit_code', ''))})</p>"
+        )
     rows = []
-    for stage in summary.get("stages", []):
+    stages = summary.get("stages", [])
+    for stage in stages:
         wall = float(stage["wall_s"])
         mvox = float(stage["megavoxels"])
-        rate = f"{mvox / wall:.2f}" if wall > 0 else "-"
+        if "mvox_per_s" in stage:
+            rate = f"{float(stage['mvox_per_s']):.2f}"
+        else:
+            rate = f"{mvox / wall:.2f}" if wall > 0 else "-"
         rows.append(
             [
                 stage["name"],
@@ -275,14 +298,21 @@ def _section_summary(run_dir: Path) -> str:
                 f"{wall:.1f}",
                 f"{mvox:.2f}",
                 rate,
+                stage.get("workers", "-"),
             ]
         )
-    parts = [
-        _table(["stage", "blocks", "done", "skipped", "failed", "wall (s)", "MVox", "MVox/s"], rows)
-    ]
+    headers = ["stage", "blocks", "done", "skipped", "failed", "wall (s)", "MVox", "MVox/s"]
+    parts.append(_table([*headers, "workers"], rows))
     blocks = summary.get("blocks", [])
     if blocks:
         parts.append(_png_tag(blocks_plot(blocks), "blocks over time per worker"))
+    elif spans := stage_spans(stages):
+        parts.append(
+            '<p class="missing">no per-block times recorded: one bar per stage</p>'
+            + _png_tag(blocks_plot(spans, row_label="stage"), "blocks over time per stage")
+        )
+    for message in summary.get("messages", []):
+        parts.append(f"<p>{_esc(message)}</p>")
     return "".join(parts)
 
 

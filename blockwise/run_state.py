@@ -29,11 +29,19 @@ from blockwise.stage import Stage
 def blocks_done(tracking_dir: Path) -> int:
     """Number of blocks marked done in a daisy tracking directory (0 if none).
 
-    daisy 2.0 keeps one byte per block in a zarr v3 array ``done`` there.
+    daisy 2.0 keeps one byte per block in a zarr v3 array ``done`` there. A
+    stage run by octree levels keeps one such directory per level
+    (``level_L``); their blocks are summed.
     """
     meta_path = tracking_dir / "done" / "zarr.json"
     if not meta_path.exists():
-        return 0
+        if not tracking_dir.is_dir():
+            return 0
+        return sum(
+            blocks_done(level)
+            for level in sorted(tracking_dir.glob("level_*"))
+            if level.is_dir()
+        )
     meta = json.loads(meta_path.read_text())
     chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
     shape = meta["shape"]
@@ -139,9 +147,12 @@ def refusal_message(run_dir: Path, changes: list[StageChange]) -> str:
 
 
 def clear_stage(ctx: RunContext, stage: Stage) -> None:
-    """Remove a stage's done markers, its outputs and its record."""
+    """Remove a stage's done markers, its outputs, its record and its output manifest."""
+    from blockwise.integrity import forget_stage
+
     layout = ctx.layout
     shutil.rmtree(layout.tracking_dir(stage.name), ignore_errors=True)
+    forget_stage(layout, stage.name)
     stage.clear_outputs(ctx)
     state = read_state(layout)
     if stage.name in state:

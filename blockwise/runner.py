@@ -23,12 +23,14 @@ from blockwise.errors import ConfigError, RunChangedError, StoreError
 from blockwise.execution import open_profile
 from blockwise.failures import BlockFailure
 from blockwise.geometry import voxels
+from blockwise.integrity import check_inputs, record_outputs, repair_outputs
 from blockwise.layout import RunLayout
 from blockwise.progress import StageProgress, StageSummary, format_summary
 from blockwise.run_context import RunContext
 from blockwise.run_state import clear_stage, find_changes, refusal_message, write_state
-from blockwise.stage import Stage, Tiling
+from blockwise.stage import Stage, Tiling, stage_tasks
 from blockwise.stages import active_stages, downstream, stage_hash
+from blockwise.summary import write_summary
 from blockwise.tasks import build_pipeline
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ def validate(config: RunConfig) -> tuple[RunContext, list[tuple[Stage, Tiling]]]
         check_config(config)
     ctx = RunContext(config)
     _ = ctx.source, ctx.data_roi, ctx.fragment_ids, ctx.mask, ctx.ground_truth
+    check_inputs(ctx)
     stages = []
     for stage in active_stages(config):
         stage.check(ctx)
@@ -179,6 +182,8 @@ def prepare(
         for stage in stale:
             logger.info("clearing %s: its config or inputs changed", stage.name)
             clear_stage(ctx, stage)
+        # a marker counts only while its outputs are there: damaged blocks re-run
+        repair_outputs(ctx, [s for s, _ in stages])
         config.dump(ctx.layout.config_path)
         if ctx.predicts:
             _ = ctx.predicted_affinities
@@ -245,7 +250,8 @@ def run(
     ctx, stages = prepare(config, adopt_store, rerun_changed, lock)
     daisy_logging.set_log_basedir(str(ctx.layout.logs_dir))
     profile = open_profile(ctx, in_process=not multiprocessing)
-    names = [s.name for s, _ in stages]
+    tasks = [(task, task.tiling(ctx)) for stage, _ in stages for task in stage_tasks(ctx, stage)]
+    names = [task.name for task, _ in tasks]
     observer = StageProgress(names, enabled=progress)
     try:
         pipeline = build_pipeline(ctx, [s for s, _ in stages], profile)
@@ -257,6 +263,7 @@ def run(
             host=profile.host,
             summary=False,
         )
+        record_outputs(ctx, [s for s, _ in stages])
     finally:
         profile.teardown()
         lock.release()
@@ -266,8 +273,8 @@ def run(
     measured: dict[str, float] = stage_seconds() if callable(stage_seconds) else {}
     summaries = []
     messages = []
-    for stage, tiling in stages:
-        name = stage.name
+    for task, tiling in tasks:
+        name = task.name
         state = states[name]
         skipped = int(state.skipped_count)
         summaries.append(
@@ -283,6 +290,9 @@ def run(
         )
         if state.abandoned:
             messages.append(f"{name} was abandoned: {state.abandon_reason}")
+    for stage, _ in stages:
+        if stage.describe_result is not None:
+            messages += stage.describe_result(ctx)
     result = RunResult(
         summaries,
         failures.read_failures(config.run_dir),
@@ -290,5 +300,6 @@ def run(
         config.run_dir,
         messages,
     )
+    write_summary(config, result, start, in_process=not multiprocessing, timings=observer.timings)
     ctx.close()
     return result

@@ -170,6 +170,8 @@ class Stage:
             octree levels of the run: the stage runs as that many chained daisy
             tasks, level ``L`` tiling the data with blocks of ``2**L`` of its
             tiling's blocks per axis, each waiting for the blocks it covers.
+        describe_result: lines for the run summary about what the stage
+            produced (e.g. the hierarchy's largest residual graph per level).
     """
 
     name: str
@@ -185,6 +187,7 @@ class Stage:
     inputs: tuple[str, ...] = ()
     clear_outputs: Callable[[RunContext], None] = _no_check
     levels: Callable[[RunContext], int] | None = None
+    describe_result: Callable[[RunContext], list[str]] | None = None
 
 
 LEVEL_SEPARATOR = "_level_"

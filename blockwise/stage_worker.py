@@ -19,6 +19,7 @@ from blockwise import failures
 from blockwise.errors import BlockFailedError, CheckpointError, ConfigError, InputError
 from blockwise.run_context import RunContext
 from blockwise.stage import BlockFunction, Stage, StageTask, Tiling
+from blockwise.summary import BlockTimeLog
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class StageWorker:
         self.task = StageTask(stage, level)
         #: the daisy task id: the stage's name, with its level for a stage run by levels
         self.name = self.task.name
+        self._times = BlockTimeLog(ctx.run_dir, self.name)
         self._tiling: Tiling | None = None
         self._function: BlockFunction | None = None
         self._exit = ExitStack()
@@ -76,6 +78,7 @@ class StageWorker:
         if earlier is not None and earlier.is_deterministic:
             # this run already saw the block fail for a reason a retry repeats
             raise BlockFailedError(f"{self.name} block {block.index} not retried: {earlier.error}")
+        started = time.time()
         try:
             if self._function is None:
                 self._function = self._exit.enter_context(self.stage.setup(self.ctx))
@@ -99,6 +102,7 @@ class StageWorker:
                 e,
             )
             raise
+        self._times.record(block.index, started, time.time())
         failures.clear_failure(self.ctx.run_dir, self.name, block.index)
 
     def close(self) -> None:

@@ -16,11 +16,19 @@ from blockwise.driver_lock import holder, is_locked
 from blockwise.failures import read_failures
 from blockwise.run_context import RunContext
 from blockwise.run_state import blocks_done, find_changes
+from blockwise.stage import stage_tasks
 from blockwise.stages import active_stages
 
 
-def describe_status(config: RunConfig, config_path: Path | str | None = None) -> str:
-    """A text report: driver, per-stage blocks done / failed / pending, failures, store."""
+def describe_status(
+    config: RunConfig, config_path: Path | str | None = None, verify: bool = False
+) -> str:
+    """A text report: driver, per-stage blocks done / failed / pending, failures, store.
+
+    With ``verify``, every chunk and file of every finished block is also read
+    back and the graph store compared with the fragments (see
+    :func:`blockwise.integrity.verify_outputs`); damaged blocks are listed.
+    """
     ctx = RunContext(config)
     layout = ctx.layout
     lines = [f"run {config.name} in {config.run_dir}"]
@@ -35,13 +43,17 @@ def describe_status(config: RunConfig, config_path: Path | str | None = None) ->
     lines.append(f"{'stage':<18}{'blocks':>8}{'done':>8}{'failed':>8}{'pending':>9}")
     complete = True
     for stage in stages:
-        total = stage.tiling(ctx).num_blocks
-        done = blocks_done(layout.tracking_dir(stage.name))
-        failed = failed_per_stage.get(stage.name, 0)
-        complete &= done >= total
-        lines.append(
-            f"{stage.name:<18}{total:>8}{done:>8}{failed:>8}{max(total - done - failed, 0):>9}"
-        )
+        for task in stage_tasks(ctx, stage):
+            total = task.tiling(ctx).num_blocks
+            tracking = layout.tracking_dir(stage.name)
+            if task.level is not None:
+                tracking = tracking / f"level_{task.level}"
+            done = blocks_done(tracking)
+            failed = failed_per_stage.get(task.name, 0)
+            complete &= done >= total
+            lines.append(
+                f"{task.name:<18}{total:>8}{done:>8}{failed:>8}{max(total - done - failed, 0):>9}"
+            )
     command = f"blockwise run {config_path or '<config>'}"
     if is_locked(layout.lock_path):
         lines.append(f"a driver is running now: {holder(layout.lock_path)}")
@@ -65,5 +77,10 @@ def describe_status(config: RunConfig, config_path: Path | str | None = None) ->
     lines.append(
         f"graph store {store.uri}: {store.count_nodes()} nodes, {store.count_edges()} edges"
     )
+    if verify:
+        from blockwise.integrity import describe_verification
+
+        running = is_locked(layout.lock_path)
+        lines.append(describe_verification(ctx, stages, command, remember=not running))
     ctx.close()
     return "\n".join(lines)

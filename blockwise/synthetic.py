@@ -154,7 +154,12 @@ def synthesize_affinities(
 
 
 def synthesize_affinities_file(
-    labels_path: Path, labels_dataset: str, out_path: Path, *, seed: int
+    labels_path: Path,
+    labels_dataset: str,
+    out_path: Path,
+    *,
+    seed: int,
+    overwrite: bool = False,
 ) -> None:
     """Write synthetic affinities (a test input) and a copy of the labels to a zarr container.
 
@@ -165,18 +170,21 @@ def synthesize_affinities_file(
     state it as three positive numbers, ``resolution`` (nm, copied from the
     labels' ``resolution_nm``, ``resolution`` or ``voxel_size``); ``affs``
     also carries ``offsets`` and ``source`` saying it is not a prediction.
-    Existing ``affs`` and ``labels`` datasets in ``out_path`` are replaced.
+    Existing ``affs`` or ``labels`` datasets in ``out_path`` are replaced only
+    with ``overwrite``; otherwise they are an error (nothing is written).
 
     Args:
         labels_path: an HDF5 file or a zarr container (directory).
         labels_dataset: the labels' path inside it.
         out_path: the zarr container to write; created if missing.
         seed: seed of the random defects.
+        overwrite: replace ``affs`` and ``labels`` if ``out_path`` has them.
 
     Raises:
         InputError: if the file or dataset is missing or unreadable, the labels
             are not a non-empty 3D array of non-negative integers, or
-            ``out_path`` exists and is not a zarr container.
+            ``out_path`` exists and is not a zarr container, or already holds
+            ``affs`` or ``labels`` and ``overwrite`` is False.
     """
     labels_path = Path(labels_path)
     out_path = Path(out_path)
@@ -184,6 +192,13 @@ def synthesize_affinities_file(
         raise InputError(
             f"{out_path} exists and is not a zarr container; name a new path or remove it first"
         )
+    if out_path.exists() and not overwrite:
+        existing = [name for name in ("affs", "labels") if (out_path / name).exists()]
+        if existing:
+            raise InputError(
+                f"{out_path} already holds {existing}; pass --overwrite "
+                "(overwrite=True) to replace them, or name a new container"
+            )
     labels, attrs = _read_labels(labels_path, labels_dataset)
     name = f"{labels_path}:{labels_dataset}"
     resolution = _numeric_resolution(attrs)

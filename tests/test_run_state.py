@@ -271,8 +271,9 @@ def test_plan_smoke_runs_one_block_per_stage_without_touching_the_run_dir(
 
 def test_plan_smoke_fails_fast_naming_the_block(tmp_path: Path) -> None:
     data = tmp_path / "nan.zarr"
-    affs = np.random.default_rng(0).random((3, 32, 32, 64)).astype(np.float32)
-    affs[:, 3, 3, 3] = np.nan  # in block 0
+    # 2 x 4 x 16 = 128 chunks: plan samples 64 of them (every second one), not chunk 1
+    affs = np.random.default_rng(0).random((3, 32, 64, 256)).astype(np.float32)
+    affs[:, 3, 3, 20] = np.nan  # in chunk (0, 0, 1), block 0
     root = zarr.open_group(str(data), mode="w")
     root.create_dataset("affs", data=affs, chunks=(3, 16, 16, 16)).attrs["resolution"] = [8, 8, 8]
     config = {

@@ -278,10 +278,11 @@ def test_file_round_trip_from_hdf5_and_zarr(tmp_path: Path) -> None:
     assert copied.attrs["offset"] == [0, 0, 0]
     assert "ground truth" in copied.attrs["source"]
 
-    # the written container is itself a valid zarr input, and a re-run replaces in place
+    # the written container is itself a valid zarr input, and a re-run with overwrite
+    # replaces in place (without it, it is refused: tests/test_validation.py)
     again = tmp_path / "again.zarr"
     synthesize_affinities_file(out, "labels", again, seed=3)
-    synthesize_affinities_file(out, "labels", again, seed=3)
+    synthesize_affinities_file(out, "labels", again, seed=3, overwrite=True)
     np.testing.assert_array_equal(zarr.open_group(str(again), "r")["affs"][...], affs[...])
     assert zarr.open_group(str(again), "r")["affs"].attrs["resolution"] == [40, 4, 4]
 

@@ -22,8 +22,10 @@ STAGE_MODULES: dict[str, str] = {
     "predict": "blockwise.stages.predict",
     "extract_fragments": "blockwise.stages.extract_fragments",
     "agglomerate": "blockwise.stages.agglomerate",
+    "hierarchy": "blockwise.stages.hierarchy",
     "find_segments": "blockwise.stages.find_segments",
     "relabel": "blockwise.stages.relabel",
+    "downsample": "blockwise.stages.downsample",
     "evaluate": "blockwise.stages.evaluate",
 }
 

@@ -1,4 +1,8 @@
-"""Stage 2: region merging inside each block, writing the edges the block owns.
+"""Stage 2: region merging inside each block (or, for ``hierarchical``, measuring only).
+
+With ``segments.method: hierarchical`` a block merges nothing: it measures
+the integer edge statistics of the pairs it owns and the levels of its
+fragments for the hierarchy stage (:func:`measure_block`). Otherwise:
 
 A block reads fragments and affinities of its read ROI (write ROI + context),
 re-joins basins that block faces cut into several fragments
@@ -12,13 +16,16 @@ never were; -1 for the halves of a cut basin, which merge unconditionally).
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 from funlib.geometry import Coordinate
 
+from blockwise.contacts import contact_statistics, quantise_affinities
 from blockwise.fragments import fragments_for_config
+from blockwise.geometry import roi_slices
 from blockwise.kernels.region_merging import merge_regions
 from blockwise.run_context import RunContext
 from blockwise.scoring import scoring_from_config
@@ -68,9 +75,82 @@ def agglomerate_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
     return EdgeTable(u, v, graph.score[own], merge_score, stats)
 
 
+def measured_affinities(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, np.ndarray]:
+    """The read ROI's affinities as uint8 (for the edge statistics) and as float32 in [0, 1]."""
+    raw = ctx.affinities.read(block.read_roi)
+    if raw.dtype == np.uint8:
+        return raw, raw.astype(np.float32) / np.float32(255.0)
+    affs = ctx.read_affinities(block.read_roi)  # checks the values
+    return quantise_affinities(affs), affs
+
+
+def measure_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
+    """``segments.method: hierarchical``: measure, do not merge.
+
+    Counts, for every pair of touching fragments whose smaller id belongs to
+    this block, the sum ``S`` of the uint8 affinities on their contacts and
+    their number ``N`` (:mod:`blockwise.contacts`; every contact of the
+    block's fragments lies within one offset of the block, inside the read
+    ROI), and the level of every fragment of the block (the highest octree
+    level of an edge of it). Pairs that are one basin cut by a block face are
+    found as for the other methods and marked forced: the hierarchy merges
+    them before anything else, which gives the whole-volume basin's statistics.
+    Writes the leaf and seam files the hierarchy reads; returns the edges for
+    the store (score = 1 - mean affinity, merge score NaN or
+    ``CUT_MERGE_SCORE``).
+    """
+    from blockwise.stages.hierarchy import octree_of, save_leaf, save_seams
+
+    fragments = ctx.fragments.read(block.read_roi)
+    affs_u8, affs = measured_affinities(ctx, block)
+    offsets = ctx.config.inputs.offsets
+    if not ctx.config.agglomerate.long_range_edges:
+        offsets = offsets[:3]
+    # every contact of the block's fragments lies within one offset of its write ROI
+    reach = Coordinate(max(abs(o[axis]) for o in offsets) for axis in range(3))
+    near = block.write_roi.grow(reach * ctx.voxel_size, reach * ctx.voxel_size)
+    near = near.intersect(block.read_roi)
+    inner = roi_slices(near, block.read_roi, ctx.voxel_size)
+    stats = contact_statistics(
+        np.ascontiguousarray(fragments[inner]),
+        np.ascontiguousarray(affs_u8[(slice(None), *inner)]),
+        offsets,
+    )
+    block_u = ctx.fragment_ids.block_of_id(stats.u)
+    block_v = ctx.fragment_ids.block_of_id(stats.v)
+    octree = octree_of(ctx)
+    own_ids = np.unique(fragments[roi_slices(block.write_roi, block.read_roi, ctx.voxel_size)])
+    own_ids = own_ids[own_ids != 0].astype(np.uint64)
+    touching = (block_u == block.index) | (block_v == block.index)
+    edge_levels = octree.lca_level(block_u[touching], block_v[touching])
+    levels = np.zeros(own_ids.size, dtype=np.int64)
+    for ends in (stats.u[touching], stats.v[touching]):
+        mine = np.isin(ends, own_ids)
+        np.maximum.at(levels, np.searchsorted(own_ids, ends[mine]), edge_levels[mine])
+    owned = np.flatnonzero(block_u == block.index)
+    u, v, s, n = stats.u[owned], stats.v[owned], stats.s[owned], stats.n[owned]
+    forced = np.zeros(u.size, dtype=bool)
+    if ctx.grid.num_blocks > 1:
+        forced = is_pair(u, v, cut_basins(ctx, fragments, affs))
+    save_leaf(ctx.layout, block.index, own_ids, levels)
+    save_seams(
+        ctx.layout,
+        block.index,
+        octree.lca_level(block_u[owned], block_v[owned]),
+        {"u": u, "v": v, "s": s, "n": n, "forced": forced},
+        octree.n_levels,
+    )
+    score = (1.0 - s.astype(np.float64) / (255.0 * n.astype(np.float64))).astype(np.float32)
+    merge_score = np.where(forced, np.float32(CUT_MERGE_SCORE), np.float32(np.nan))
+    return EdgeTable(u, v, score, merge_score.astype(np.float32))
+
+
 def process_block(ctx: RunContext, block: StageBlock) -> None:
-    """Agglomerate one block and write the edges it owns."""
-    edges = agglomerate_block(ctx, block)
+    """Agglomerate (or, for ``hierarchical``, measure) one block; write the edges it owns."""
+    if ctx.config.segments.method == "hierarchical":
+        edges = measure_block(ctx, block)
+    else:
+        edges = agglomerate_block(ctx, block)
     ctx.store.write_edges(ctx.fragment_ids.id_range(block.index), edges)
     logger.debug("block %s: %d edges", block.write_roi, len(edges))
 
@@ -93,8 +173,10 @@ def setup(ctx: RunContext) -> Iterator[BlockFunction]:
 
 
 def clear_outputs(ctx: RunContext) -> None:
-    """Remove every edge."""
+    """Remove every edge (and the hierarchy's leaf and seam files)."""
     ctx.store.clear("edges")
+    for name in ("leaves", "edges"):
+        shutil.rmtree(ctx.layout.hierarchy_dir / name, ignore_errors=True)
 
 
 # affinities float32 x3, fragments, basins, region graph

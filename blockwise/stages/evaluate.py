@@ -1,17 +1,23 @@
-"""Stage 5: score each segmentation against the ground truth; JSON report and plot."""
+"""Stage 6: score each segmentation against the ground truth; JSON report and plot."""
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 from funlib.geometry import Roi
 
 from blockwise.config import RunConfig
 from blockwise.errors import ConfigError
-from blockwise.metrics import Contingency, scores
+from blockwise.evaluation import (
+    DEFAULT_BLOCK_SHAPE_VX,
+    DEFAULT_TOP_K,
+    EvaluationResult,
+    evaluate_many,
+    write_run_evaluation,
+)
+from blockwise.layout import OUTPUT_ZARR, threshold_name
 from blockwise.run_context import RunContext
 from blockwise.stage import Stage, StageBlock, Tiling, single_function
 
@@ -44,69 +50,45 @@ def evaluation_roi(ctx: RunContext) -> Roi:
     return roi
 
 
-def evaluate(ctx: RunContext) -> dict[str, Any]:
-    """Score every threshold's segmentation over the evaluation ROI, chunk by chunk."""
+def evaluate(ctx: RunContext) -> dict[float, EvaluationResult]:
+    """Every threshold's evaluation over the evaluation ROI, as ``blockwise evaluate`` computes it.
+
+    The same code path as the command (:func:`blockwise.evaluation.evaluate_many`,
+    the command's default block shape and number of worst objects), reading
+    the ground truth once per block for all thresholds. Each result names its
+    segmentation relative to the run directory (``output.zarr:segmentation/...``),
+    so that reports of two run directories compare equal.
+    """
     roi = evaluation_roi(ctx)
     assert ctx.ground_truth is not None  # checked by evaluation_roi
     thresholds = ctx.config.segments.thresholds
-    tables = {t: Contingency() for t in thresholds}
-    for write_roi in ctx.grid.write_rois():
-        chunk = write_roi.intersect(roi)
-        if chunk.empty:
-            continue
-        gt = ctx.ground_truth.read(chunk)
-        for t in thresholds:
-            tables[t].add(gt, ctx.segmentation(t).read(chunk))
-    results = []
-    for t in thresholds:
-        s = scores(tables[t])
-        _, seg, _ = tables[t].table()
-        results.append({"threshold": t, **asdict(s), "num_segments": len(set(seg.tolist()))})
-        logger.info(
-            "threshold %.3f: VOI split %.3f merge %.3f ARAND %.3f",
-            t,
-            s.voi_split,
-            s.voi_merge,
-            s.arand,
-        )
+    segmentations = {threshold_name(t): ctx.segmentation(t) for t in thresholds}
+    results = evaluate_many(
+        segmentations, ctx.ground_truth, roi, DEFAULT_BLOCK_SHAPE_VX, DEFAULT_TOP_K
+    )
     return {
-        "run": ctx.config.name,
-        "roi_nm": {"offset": list(roi.offset), "shape": list(roi.shape)},
-        "ground_truth": ctx.ground_truth.name,
-        "scoring": ctx.config.agglomerate.scoring.model_dump(mode="json"),
-        "results": results,
+        t: replace(
+            results[threshold_name(t)],
+            segmentation=f"{OUTPUT_ZARR}:{ctx.layout.segmentation_dataset(t)}",
+        )
+        for t in thresholds
     }
 
 
-def plot(report: dict[str, Any], path: str) -> None:
-    """Plot VOI split against VOI merge, one point per threshold, into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = report["results"]
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-    merge = [r["voi_merge"] for r in results]
-    split = [r["voi_split"] for r in results]
-    ax.plot(merge, split, "o-")
-    for r in results:
-        ax.annotate(f"{r['threshold']:g}", (r["voi_merge"], r["voi_split"]), fontsize=8)
-    ax.set_xlabel("VOI merge (bits)")
-    ax.set_ylabel("VOI split (bits)")
-    ax.set_title(f"{report['run']}: split vs merge over thresholds")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def run(ctx: RunContext) -> dict[str, Any]:
-    """Evaluate, and write the JSON report and the PNG plot into the run directory."""
-    report = evaluate(ctx)
-    ctx.layout.evaluation_json.write_text(json.dumps(report, indent=2))
-    plot(report, str(ctx.layout.evaluation_png))
-    return report
+    """Evaluate, and write ``evaluation.json`` and its plot into the run directory.
+
+    The JSON is :func:`blockwise.evaluation.run_evaluation_report` (one entry
+    per threshold with the scores, and the worst split and merge objects that
+    ``blockwise view --segments worst`` selects) plus the run's ``scoring``.
+    """
+    return write_run_evaluation(
+        evaluate(ctx),
+        ctx.config.name,
+        ctx.layout.evaluation_json,
+        ctx.layout.evaluation_png,
+        scoring=ctx.config.agglomerate.scoring.model_dump(mode="json"),
+    )
 
 
 def process_block(ctx: RunContext, block: StageBlock) -> None:

@@ -9,8 +9,8 @@ arrive.
 
 Where the merge scores come from is the ``segments.method``:
 
-- ``blockwise``: the scores each block wrote, streamed from the store in
-  bounded chunks; memory O(fragments) whatever the number of edges.
+- ``hierarchical``: the merge records of every octree task
+  (:mod:`blockwise.stages.hierarchy`), cut at each threshold exactly.
 - ``global``: the whole region graph is merged once more from the edge
   statistics the blocks stored (the same kernel, on a graph instead of a
   volume), so merges no longer depend on where block faces lie; memory O(edges).
@@ -25,7 +25,7 @@ from collections.abc import Iterable
 import numpy as np
 from numpy.typing import NDArray
 
-from blockwise.errors import StoreError
+from blockwise.errors import InputError, StoreError
 from blockwise.kernels.region_merging import merge_graph
 from blockwise.kernels.union_find import UnionFind
 from blockwise.lut import SegmentTable, save_table
@@ -33,7 +33,7 @@ from blockwise.run_context import RunContext
 from blockwise.scoring import scoring_from_config
 from blockwise.stage import Stage, StageBlock, Tiling, single_function
 from blockwise.stitching import CUT_MERGE_SCORE
-from blockwise.store import EdgeTable, GraphStore
+from blockwise.store import EdgeTable
 
 logger = logging.getLogger(__name__)
 
@@ -98,18 +98,6 @@ def segment_tables(
     return tables
 
 
-def find_segments(
-    store: GraphStore, thresholds: list[float], edges_per_chunk: int
-) -> list[SegmentTable]:
-    """Tables from the merge scores the blocks wrote, streamed from ``store``."""
-    return segment_tables(
-        store.node_ids(),
-        store.stream_merged_edges(edges_per_chunk),
-        thresholds,
-        f"graph store {store.uri}",
-    )
-
-
 def merge_globally(ctx: RunContext) -> EdgeTable:
     """The store's whole region graph merged again from its edge statistics.
 
@@ -127,7 +115,7 @@ def merge_globally(ctx: RunContext) -> EdgeTable:
         i = missing[0]
         raise StoreError(
             f"graph store {store.uri}: edge ({edges.u[i]}, {edges.v[i]}) has no statistics "
-            "(written by agglomerate with segments.method: blockwise?); re-run agglomerate"
+            "(written by agglomerate with another segments.method?); re-run agglomerate"
         )
     graph = merge_graph(
         edges.u,
@@ -142,16 +130,40 @@ def merge_globally(ctx: RunContext) -> EdgeTable:
     return EdgeTable(graph.u[order], graph.v[order], graph.score[order], graph.merge_score[order])
 
 
+def hierarchical_tables(ctx: RunContext) -> list[SegmentTable]:
+    """Tables from the merge records of every hierarchy task, in one union-find pass."""
+    from blockwise.hierarchical import segment_tables as tables_from_records
+    from blockwise.stages.hierarchy import read_records
+
+    thresholds = ctx.config.segments.thresholds
+    ids = ctx.store.node_ids()
+    records = read_records(ctx)
+    try:
+        tables = tables_from_records(ids, records, thresholds)
+    except InputError as e:
+        raise StoreError(
+            f"graph store {ctx.store.uri} and the hierarchy's records disagree ({e}); was "
+            "extract_fragments re-run without agglomerate and hierarchy?"
+        ) from e
+    logger.info(
+        "find_segments: %d fragments, %d merge records, %d thresholds",
+        len(ids),
+        len(records),
+        len(thresholds),
+    )
+    return [SegmentTable(t, ids, table) for t, table in zip(thresholds, tables, strict=True)]
+
+
 def run(ctx: RunContext) -> list[SegmentTable]:
     """Compute and save the lookup tables of every configured threshold."""
     cfg = ctx.config.segments
-    if cfg.method == "global":
+    if cfg.method == "hierarchical":
+        tables = hierarchical_tables(ctx)
+    else:
         merged = merge_globally(ctx)
         tables = segment_tables(
             ctx.store.node_ids(), [merged], cfg.thresholds, f"graph store {ctx.store.uri}"
         )
-    else:
-        tables = find_segments(ctx.store, cfg.thresholds, cfg.edges_per_chunk)
     for table in tables:
         save_table(ctx.lut_path(table.threshold), table)
     return tables
@@ -176,7 +188,7 @@ def clear_outputs(ctx: RunContext) -> None:
 STAGE = Stage(
     name=NAME,
     sections=("segments",),
-    upstream=("agglomerate",),
+    upstream=("agglomerate", "hierarchy"),
     tiling=tiling,
     setup=single_function(process_block),
     clear_outputs=clear_outputs,

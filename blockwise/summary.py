@@ -1,0 +1,243 @@
+"""``RUN_DIR/summary.json``: what one invocation of a run did, per stage and per block.
+
+The driver writes it when a run ends, whether every block finished or some
+failed (:func:`write_summary`); ``blockwise report`` renders it
+(:mod:`blockwise.report_html`, whose :func:`~blockwise.report_html.load_summary`
+checks it). Schema::
+
+    {
+      "run": str, "run_dir": str, "profile": "in_process" | "local" | "slurm",
+      "started_at": str, "ended_at": str,      # ISO 8601, UTC
+      "wall_s": float,                         # the whole invocation
+      "exit_status": "ok" | "failed",
+      "exit_code": int,                        # what `blockwise run` exits with: 0 or 1
+      "stages": [
+        {"name": str, "total": int, "done": int, "skipped": int, "failed": int,
+         "wall_s": float, "megavoxels": float, "mvox_per_s": float,
+         "workers": int, "start_s": float | None, "end_s": float | None}
+      ],
+      "blocks": [
+        {"stage": str, "block": int, "worker": str, "start_s": float, "end_s": float}
+      ],
+      "failures": [{"stage": str, "block": int, "write_roi": str, "error": str}],
+      "messages": [str]
+    }
+
+Per stage, ``total/done/skipped/failed`` count blocks (``done`` ran in this
+invocation, ``skipped`` were finished before), ``wall_s`` is the stage's wall
+time, ``megavoxels`` the volume it covers and ``mvox_per_s`` the volume of
+the blocks run in this invocation over ``wall_s``; ``workers`` is how many
+workers the stage was given. ``start_s``/``end_s`` and the blocks' times are
+seconds since the run started; ``start_s`` is None where nothing ran.
+
+Per-block times come from :class:`BlockTimeLog`: each worker process appends
+one JSON line per block it processed to its own file
+``RUN_DIR/timings/STAGE/WORKER.jsonl`` (no two processes write one file), in
+seconds since the epoch; the summary keeps the blocks of this invocation.
+Workers on other nodes (SLURM) are placed on the driver's time line by their
+own clocks, so their bars are as exact as the nodes' clock synchronisation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from blockwise.config import RunConfig
+    from blockwise.runner import RunResult
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_NAME = "summary.json"
+TIMINGS_DIR = "timings"
+
+
+def summary_path(run_dir: Path) -> Path:
+    """Where a run's summary goes."""
+    return run_dir / SUMMARY_NAME
+
+
+def worker_name() -> str:
+    """This process as a worker: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class BlockTimeLog:
+    """Appends when each block of one stage ran in this process (one JSON line per block).
+
+    Args:
+        run_dir: the run directory.
+        stage: the stage's (daisy task's) name.
+        worker: the worker's name; default :func:`worker_name`.
+    """
+
+    def __init__(self, run_dir: Path, stage: str, worker: str | None = None) -> None:
+        self.worker = worker or worker_name()
+        self.path = run_dir / TIMINGS_DIR / stage / f"{self.worker.replace(':', '-')}.jsonl"
+        self.stage = stage
+
+    def record(self, block: int, start: float, end: float) -> None:
+        """Record that ``block`` ran from ``start`` to ``end`` (seconds since the epoch).
+
+        A failure to write is logged, never raised: timings must not fail a block.
+        """
+        record = {"stage": self.stage, "block": int(block), "worker": self.worker}
+        line = json.dumps({**record, "start": start, "end": end})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            logger.warning("cannot record the time of %s block %d: %s", self.stage, block, e)
+
+
+def read_block_times(run_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
+    """Every recorded block that started at or after ``since`` (epoch seconds), by start.
+
+    Lines that are not complete JSON records (a worker killed mid-write) are skipped.
+    """
+    root = run_dir / TIMINGS_DIR
+    records = []
+    for path in sorted(root.glob("*/*.jsonl")) if root.is_dir() else []:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                start, end = float(entry["start"]), float(entry["end"])
+                stage, block, worker = str(entry["stage"]), int(entry["block"]), entry["worker"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if start >= since:
+                record = {"stage": stage, "block": block, "worker": str(worker)}
+                records.append({**record, "start": start, "end": end})
+    return sorted(records, key=lambda r: (r["start"], r["stage"], r["block"]))
+
+
+def _stage_workers(config: RunConfig, name: str, total: int, in_process: bool) -> int:
+    """Workers a stage (or one level of a stage run by levels) was given."""
+    from blockwise.stages import STAGE_MODULES, get_stage
+
+    if in_process or total <= 1:
+        return 1
+    base = name if name in STAGE_MODULES else name.rpartition("_level_")[0]
+    configured = config.execution.num_workers
+    if base in STAGE_MODULES:
+        configured = get_stage(base).resources(config).num_workers or configured
+    return int(configured)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def build_summary(
+    config: RunConfig,
+    result: RunResult,
+    started_monotonic: float,
+    in_process: bool = False,
+    timings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The summary of a run that just ended (see the module docstring).
+
+    Args:
+        config: the run.
+        result: what the runner returned.
+        started_monotonic: ``time.monotonic()`` when the run started.
+        in_process: whether blocks ran in the driver.
+        timings: per stage an object with monotonic ``start``/``end`` (or None),
+            e.g. :attr:`blockwise.progress.StageProgress.timings`; used for the
+            stages without recorded block times.
+    """
+    now_monotonic, now = time.monotonic(), time.time()
+    started = now - (now_monotonic - started_monotonic)
+    blocks = [
+        {
+            "stage": r["stage"],
+            "block": r["block"],
+            "worker": r["worker"],
+            "start_s": r["start"] - started,
+            "end_s": r["end"] - started,
+        }
+        for r in read_block_times(config.run_dir, since=started)
+    ]
+    stages = []
+    for s in result.stages:
+        own = [b for b in blocks if b["stage"] == s.name]
+        start_s: float | None = None
+        end_s: float | None = None
+        if own:
+            start_s = min(b["start_s"] for b in own)
+            end_s = max(b["end_s"] for b in own)
+        elif timings is not None and s.name in timings:
+            timing = timings[s.name]
+            if getattr(timing, "start", None) is not None and s.done:
+                start_s = float(timing.start) - started_monotonic
+                end = getattr(timing, "end", None)
+                end_s = (float(end) if end is not None else now_monotonic) - started_monotonic
+        stages.append(
+            {
+                "name": s.name,
+                "total": s.total,
+                "done": s.done,
+                "skipped": s.skipped,
+                "failed": s.failed,
+                "wall_s": float(s.wall_s),
+                "megavoxels": float(s.megavoxels),
+                "mvox_per_s": float(s.mvox_per_s),
+                "workers": _stage_workers(config, s.name, s.total, in_process),
+                "start_s": start_s,
+                "end_s": end_s,
+            }
+        )
+    return {
+        "run": config.name,
+        "run_dir": str(config.run_dir),
+        "profile": "in_process" if in_process else config.execution.profile,
+        "started_at": _iso(started),
+        "ended_at": _iso(now),
+        "wall_s": float(result.wall_s),
+        "exit_status": "ok" if result.ok else "failed",
+        "exit_code": 0 if result.ok else 1,
+        "stages": stages,
+        "blocks": blocks,
+        "failures": [
+            {"stage": f.stage, "block": f.block_index, "write_roi": f.write_roi, "error": f.error}
+            for f in result.failures
+        ],
+        "messages": list(result.messages),
+    }
+
+
+def write_summary(
+    config: RunConfig,
+    result: RunResult,
+    started_monotonic: float,
+    in_process: bool = False,
+    timings: Mapping[str, Any] | None = None,
+) -> Path | None:
+    """Write ``RUN_DIR/summary.json`` (atomically) for a run that just ended.
+
+    Arguments as :func:`build_summary`. A summary that cannot be written is
+    logged, not raised: the run's outcome does not depend on it.
+
+    Returns:
+        The path written, or None if it could not be written.
+    """
+    path = summary_path(config.run_dir)
+    try:
+        summary = build_summary(config, result, started_monotonic, in_process, timings)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        logger.warning("cannot write the run summary %s: %s", path, e)
+        return None
+    logger.info("run summary: %s", path)
+    return path

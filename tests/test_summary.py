@@ -1,0 +1,172 @@
+"""RUN_DIR/summary.json written by the runner, and the report built from it, on real runs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from PIL import Image
+
+from blockwise.config import parse_config
+from blockwise.report_html import load_summary, write_report
+from blockwise.runner import run
+from blockwise.summary import BlockTimeLog, read_block_times, summary_path
+
+from datafiles import REPO, require_data
+
+
+@pytest.fixture(scope="module")
+def gala(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from blockwise.synthetic import synthesize_affinities_file
+
+    out = tmp_path_factory.mktemp("gala") / "gala_synth.zarr"
+    synthesize_affinities_file(require_data("gala_fib_train.h5"), "labels", out, seed=0)
+    return out
+
+
+def gala_config(gala: Path, run_dir: Path) -> Any:
+    data: dict[str, Any] = yaml.safe_load((REPO / "configs" / "gala_ci.yaml").read_text())
+    data["run_dir"] = str(run_dir)
+    data["inputs"]["affinities"]["file"] = str(gala)
+    data["inputs"]["ground_truth"]["file"] = str(gala)
+    data["segments"]["method"] = "global"  # what the CI config's quantile scoring needs
+    data["downsample"] = {"levels": 1}
+    return parse_config(data)
+
+
+def stage_rows(page: str) -> dict[str, list[str]]:
+    """The cells of the report's stage table, by stage name."""
+    table = page.split("<h2>Stages</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", table):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        if cells:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def inline_images(page: str) -> list[np.ndarray]:
+    found = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in found]
+
+
+def test_gala_run_writes_a_summary_the_report_shows(tmp_path: Path, gala: Path) -> None:
+    cfg = gala_config(gala, tmp_path / "run")
+    result = run(cfg, multiprocessing=False, progress=False)
+    assert result.ok, result.summary()
+    summary = load_summary(summary_path(cfg.run_dir))
+    assert summary["exit_status"] == "ok" and summary["exit_code"] == 0
+    assert summary["run"] == "gala_ci" and summary["profile"] == "in_process"
+    assert summary["wall_s"] == pytest.approx(result.wall_s, abs=0.5)
+    assert summary["started_at"] < summary["ended_at"]
+    names = [s["name"] for s in summary["stages"]]
+    assert names == [s.name for s in result.stages]
+    assert "downsample" in names and "evaluate" in names
+    for entry, stage in zip(summary["stages"], result.stages, strict=True):
+        for key in ("total", "done", "skipped", "failed"):
+            assert entry[key] == getattr(stage, key), (stage.name, key)
+        assert entry["wall_s"] == pytest.approx(stage.wall_s)
+        assert entry["mvox_per_s"] == pytest.approx(stage.mvox_per_s)
+        assert entry["workers"] == 1  # in-process
+    assert summary["failures"] == []
+
+    page = write_report(cfg.run_dir).read_text()
+    rows = stage_rows(page)
+    assert list(rows) == names
+    for stage in result.stages:
+        cells = rows[stage.name]
+        assert cells[:4] == [str(stage.total), str(stage.done), str(stage.skipped), "0"]
+        assert cells[4] == f"{stage.wall_s:.1f}" and cells[6] == f"{stage.mvox_per_s:.2f}"
+        assert stage.done == stage.total > 0
+    extract = result.stages[0]
+    assert extract.name == "extract_fragments" and extract.total == 2 * 4 * 7  # 50 x 100 x 200
+    assert float(rows["extract_fragments"][6]) > 0
+    assert "exit code 0" in page and "<b>ok</b>" in page
+
+    # a second invocation skips every block: the summary says so and times nothing
+    again = run(cfg, multiprocessing=False, progress=False)
+    assert again.ok
+    second = load_summary(summary_path(cfg.run_dir))
+    assert all(s["done"] == 0 and s["skipped"] == s["total"] for s in second["stages"])
+    assert all(s["start_s"] is None and s["mvox_per_s"] == 0 for s in second["stages"])
+    assert second["started_at"] > summary["ended_at"]
+
+
+def test_recorded_block_times_become_the_per_worker_plot(tmp_path: Path, gala: Path) -> None:
+    # every StageWorker records when each of its blocks ran (blockwise.summary.BlockTimeLog)
+    cfg = gala_config(gala, tmp_path / "run")
+    result = run(cfg, multiprocessing=False, progress=False)
+    assert result.ok, result.summary()
+    summary = json.loads(summary_path(cfg.run_dir).read_text())
+    blocks = summary["blocks"]
+    assert len(blocks) == sum(s.done for s in result.stages)
+    for stage in summary["stages"]:
+        own = sorted(b["block"] for b in blocks if b["stage"] == stage["name"])
+        assert own == list(range(stage["total"])), stage["name"]
+        assert stage["start_s"] == min(b["start_s"] for b in blocks if b["stage"] == stage["name"])
+    assert all(0 <= b["start_s"] <= b["end_s"] <= summary["wall_s"] for b in blocks)
+    assert len({b["worker"] for b in blocks}) == 1  # in-process: the driver
+    page = write_report(cfg.run_dir).read_text()
+    assert 'alt="blocks over time per worker"' in page
+    plot = inline_images(page)[0]
+    # coloured bars, not a blank canvas
+    assert np.mean(np.ptp(plot.astype(np.int16), axis=2) > 60) > 0.01
+
+
+def test_failed_run_writes_a_failed_summary(tmp_path: Path) -> None:
+    data = tmp_path / "nan.zarr"
+    affs = np.random.default_rng(0).random((3, 32, 32, 64)).astype(np.float32)
+    affs[:, 3, 3, 40] = np.nan  # in block 1 of 2
+    root = zarr.open_group(str(data), mode="w")
+    root.create_dataset("affs", data=affs, chunks=(3, 16, 16, 16)).attrs["resolution"] = [8, 8, 8]
+    cfg = parse_config(
+        {
+            "name": "nan",
+            "run_dir": str(tmp_path / "run"),
+            "inputs": {"affinities": {"file": str(data), "dataset": "affs"}},
+            "output": {"chunk_shape_vx": [16, 16, 16]},
+            "extract_fragments": {"block_shape_vx": [32, 32, 32], "context_vx": [2, 2, 2]},
+            "segments": {"method": "global"},
+            "execution": {"max_retries": 0},
+        }
+    )
+    result = run(cfg, multiprocessing=False, progress=False)
+    assert not result.ok
+    summary = load_summary(summary_path(cfg.run_dir))
+    assert summary["exit_status"] == "failed" and summary["exit_code"] == 1
+    assert summary["failures"][0]["stage"] == "extract_fragments"
+    assert summary["failures"][0]["block"] == 1 and "NaN" in summary["failures"][0]["error"]
+    extract = summary["stages"][0]
+    assert extract["failed"] == 1 and extract["done"] == 1
+    page = write_report(cfg.run_dir).read_text()
+    assert "<b>failed</b>" in page and "exit code 1" in page
+
+
+def test_block_time_log_reads_back_and_skips_torn_lines(tmp_path: Path) -> None:
+    log = BlockTimeLog(tmp_path, "relabel", worker="node7:123")
+    log.record(4, 100.0, 101.5)
+    log.record(2, 99.0, 99.5)
+    with log.path.open("a") as f:
+        f.write('{"stage": "relabel", "block": 9, "start": 1')  # a worker killed mid-line
+    other = BlockTimeLog(tmp_path, "relabel", worker="node8:9")
+    other.record(1, 50.0, 51.0)
+    assert log.path != other.path and log.path.name == "node7-123.jsonl"
+    records = read_block_times(tmp_path, since=60.0)
+    assert [(r["block"], r["worker"]) for r in records] == [(2, "node7:123"), (4, "node7:123")]
+    assert records[1] == {
+        "stage": "relabel",
+        "block": 4,
+        "worker": "node7:123",
+        "start": 100.0,
+        "end": 101.5,
+    }
+    assert len(read_block_times(tmp_path)) == 3
+    assert read_block_times(tmp_path / "nothing") == []
