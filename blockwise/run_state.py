@@ -38,9 +38,7 @@ def blocks_done(tracking_dir: Path) -> int:
         if not tracking_dir.is_dir():
             return 0
         return sum(
-            blocks_done(level)
-            for level in sorted(tracking_dir.glob("level_*"))
-            if level.is_dir()
+            blocks_done(level) for level in sorted(tracking_dir.glob("level_*")) if level.is_dir()
         )
     meta = json.loads(meta_path.read_text())
     chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]

@@ -188,7 +188,7 @@ def test_reset_clears_a_stage_and_downstream(tmp_path: Path, gala: Path) -> None
     data = gala_data(gala, tmp_path / "run")
     in_process(data)
     cleared = reset(parse_config(data), "find_segments")
-    assert cleared == ["find_segments", "relabel", "evaluate"]
+    assert cleared == ["find_segments", "relabel", "downsample", "evaluate"]
     assert not (tmp_path / "run" / "evaluation.json").exists()
     result = in_process(data)
     counts = skipped(result)
@@ -264,8 +264,12 @@ def test_plan_smoke_runs_one_block_per_stage_without_touching_the_run_dir(
         [BLOCKWISE, "plan", str(path), "--smoke"], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for stage in ("extract_fragments", "agglomerate", "find_segments", "relabel", "evaluate"):
+    for stage in ("extract_fragments", "agglomerate", "hierarchy"):
         assert f"  {stage}: ok in " in proc.stdout, proc.stdout
+    # the octree's higher levels and what follows need every leaf block
+    assert "hierarchy levels >= 1 and ['find_segments', 'relabel', 'downsample', 'evaluate']" in (
+        proc.stdout
+    )
     assert not (tmp_path / "run").exists()
 
 

@@ -42,7 +42,8 @@ def reference_with_forced(
 ) -> list[tuple[int, int, int, int, int, int]]:
     """Pre-merge every forced pair, then merge greedily (exact means, tau tie-break)."""
     graph = _Graph([int(f) for f in case.fragment_ids])
-    for x, y, sx, nx in zip(case.u.tolist(), case.v.tolist(), case.s.tolist(), case.n.tolist()):
+    rows = zip(case.u.tolist(), case.v.tolist(), case.s.tolist(), case.n.tolist(), strict=True)
+    for x, y, sx, nx in rows:
         graph.add(x, y, sx, nx, (min(x, y), max(x, y)))
     cluster = {int(f): int(f) for f in case.fragment_ids}
 
@@ -55,7 +56,7 @@ def reference_with_forced(
     pairs = sorted(
         {
             (min(a, b), max(a, b))
-            for a, b, f in zip(case.u.tolist(), case.v.tolist(), forced.tolist())
+            for a, b, f in zip(case.u.tolist(), case.v.tolist(), forced.tolist(), strict=True)
             if f
         }
     )

@@ -234,6 +234,7 @@ def test_offsets_that_do_not_match_the_checkpoint_are_refused(tmp_path: Path) ->
     cfg = predict_config(tmp_path, raw, write_checkpoint(tmp_path / "net.pt"))
     data = cfg.model_dump(mode="json")
     data["inputs"]["offsets"] = [*OFFSETS, [-3, 0, 0]]
+    data["agglomerate"].update(long_range_edges=True, context_vx=[4, 4, 4])  # used, not ignored
     with pytest.raises(CheckpointError, match="offsets"):
         run(parse_config(data), progress=False)
     assert not cfg.run_dir.exists()
