@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import daisy.v2 as daisy
 from daisy import logging as daisy_logging
@@ -37,6 +38,31 @@ logger = logging.getLogger(__name__)
 
 RUN_NAME_KEY = "run_name"
 CONFIG_HASH_KEY = "config_hash"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, see :mod:`blockwise.cli`) stopped a run while its blocks ran.
+
+    The workers are stopped and the driver lock released by the time it is
+    raised; ``result`` summarises the blocks settled so far (finished blocks
+    keep their done markers, so running the same command again resumes).
+    """
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__("run interrupted")
+        self.result = result
+
+
+class _RecordingProgress(StageProgress):
+    """:class:`StageProgress` that keeps daisy's latest task states (for an interrupted run)."""
+
+    def __init__(self, order: list[str], enabled: bool = True) -> None:
+        super().__init__(order, enabled)
+        self.states: dict[str, Any] = {}
+
+    def _update(self, states: dict[str, Any], final: bool = False) -> None:
+        self.states = dict(states)
+        super()._update(states, final)
 
 
 @dataclass
@@ -70,6 +96,20 @@ class RunResult:
         for message in self.messages:
             text += f"\n{message}"
         return text
+
+
+def _abandoned(name: str, state: Any, config: RunConfig) -> str:
+    """One line on a stage daisy abandoned: why, and for a restart cap, the last worker error."""
+    reason = state.abandon_reason or "no reason given"
+    if int(state.worker_restart_count) == 0:  # not its own workers: an upstream stage's
+        return f"{name} was abandoned: {reason}"
+    error = (state.last_worker_error or "").strip().splitlines()
+    return (
+        f"{name} was abandoned: {reason} ({int(state.worker_failure_count)} worker failures, "
+        f"{int(state.worker_restart_count)} restarts; the limit is execution.max_worker_restarts"
+        f" = {config.execution.max_worker_restarts}); last worker error: "
+        f"{error[-1] if error else 'none captured'}"
+    )
 
 
 def validate(config: RunConfig) -> tuple[RunContext, list[tuple[Stage, Tiling]]]:
@@ -249,21 +289,37 @@ def run(
     lock = DriverLock(RunLayout(config.run_dir).lock_path)
     ctx, stages = prepare(config, adopt_store, rerun_changed, lock)
     daisy_logging.set_log_basedir(str(ctx.layout.logs_dir))
+    # a failed block's traceback is written once to RUN_DIR/failures/ and the
+    # summary lists it in one line; daisy would print it again for every attempt
+    daisy_logging.set_log_level("ERROR")
     profile = open_profile(ctx, in_process=not multiprocessing)
     tasks = [(task, task.tiling(ctx)) for stage, _ in stages for task in stage_tasks(ctx, stage)]
     names = [task.name for task, _ in tasks]
-    observer = StageProgress(names, enabled=progress)
+    observer = _RecordingProgress(names, enabled=progress)
+    interrupted = False
     try:
         pipeline = build_pipeline(ctx, [s for s, _ in stages], profile)
-        states = daisy.run_blockwise(
-            pipeline,
-            multiprocessing=profile.multiprocessing,
-            progress=observer,
-            return_states=True,
-            host=profile.host,
-            summary=False,
-        )
-        record_outputs(ctx, [s for s, _ in stages])
+        try:
+            if profile.multiprocessing:
+                # daisy's Server returns the states of a stage abandoned after too many
+                # worker restarts (run_blockwise raises and loses them); the summary says why
+                states = daisy.Server().run_blockwise(
+                    pipeline, progress=observer, host=profile.host, summary=False
+                )
+            else:
+                states = daisy.run_blockwise(
+                    pipeline,
+                    multiprocessing=False,
+                    progress=observer,
+                    return_states=True,
+                    summary=False,
+                )
+        except KeyboardInterrupt:
+            # daisy stopped the workers; summarise what settled before the signal
+            interrupted = True
+            states = observer.states
+        else:
+            record_outputs(ctx, [s for s, _ in stages])
     finally:
         profile.teardown()
         lock.release()
@@ -275,6 +331,9 @@ def run(
     messages = []
     for task, tiling in tasks:
         name = task.name
+        if name not in states:  # interrupted before daisy reported the task
+            summaries.append(StageSummary(name, tiling.num_blocks, 0, 0, 0, 0.0, 0.0))
+            continue
         state = states[name]
         skipped = int(state.skipped_count)
         summaries.append(
@@ -289,7 +348,18 @@ def run(
             )
         )
         if state.abandoned:
-            messages.append(f"{name} was abandoned: {state.abandon_reason}")
+            messages.append(_abandoned(name, state, config))
+    if interrupted:
+        ctx.close()
+        raise RunInterrupted(
+            RunResult(
+                summaries,
+                failures.read_failures(config.run_dir),
+                time.monotonic() - start,
+                config.run_dir,
+                messages,
+            )
+        )
     for stage, _ in stages:
         if stage.describe_result is not None:
             messages += stage.describe_result(ctx)
