@@ -478,6 +478,12 @@ class ExecutionConfig(Model):
     num_workers: int = Field(default=2, ge=1)
     max_retries: int = Field(default=2, ge=0)
     block_timeout_s: float = Field(default=600.0, gt=0)
+    max_worker_restarts: int = Field(
+        default=10,
+        ge=0,
+        description="worker processes of a stage that may fail (crash, be killed, be stuck past "
+        "block_timeout_s) and be replaced before the stage is abandoned and the run ends",
+    )
     slurm: SlurmConfig = Field(
         default=SlurmConfig(), description="the slurm profile's settings (read when profile: slurm)"
     )

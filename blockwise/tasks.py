@@ -49,6 +49,7 @@ def build_task(
         "process_function": function,
         "read_write_conflict": False,
         "max_retries": cfg.execution.max_retries,
+        "max_worker_restarts": cfg.execution.max_worker_restarts,
         "timeout": cfg.execution.block_timeout_s,
         "tracking_path": str(tracking_path(ctx, task)),
     }
