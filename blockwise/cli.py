@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from blockwise.config import RunConfig, load_config, parse_config
@@ -23,31 +27,70 @@ def _with_overrides(config: RunConfig, workers: int | None) -> RunConfig:
     return parse_config(data, f"{config.run_dir / 'config.yaml'} with --workers {workers}")
 
 
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    del signum, frame
-    raise KeyboardInterrupt
+@contextmanager
+def _sigterm_as_sigint() -> Iterator[list[int]]:
+    """Within the block, SIGTERM (a cluster's or a user's kill) stops the run like Ctrl-C.
+
+    daisy's scheduler blocks the main thread in native code and handles only
+    SIGINT there (it stops scheduling, closes the scheduler, whose end the
+    workers notice, and raises KeyboardInterrupt once every worker has exited);
+    a Python SIGTERM handler would not run before the whole run ended. So
+    SIGTERM is only noted by the C-level handler (through the wakeup fd), and a
+    relay thread sends this process SIGINT.
+
+    Yields:
+        the SIGTERMs received so far (empty unless one came).
+    """
+    received: list[int] = []
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def relay() -> None:
+        while data := os.read(read_fd, 64):
+            if signal.SIGTERM in data:
+                received.append(signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    # the Python-level handler does nothing: the relay thread acts, once
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    thread = threading.Thread(target=relay, name="sigterm-relay", daemon=True)
+    thread.start()
+    try:
+        yield received
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGTERM, previous_handler)
+        os.close(write_fd)
+        thread.join(timeout=5)
+        os.close(read_fd)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from blockwise.runner import run
+    from blockwise.runner import RunInterrupted, run
 
     config = _with_overrides(load_config(args.config), args.workers)
-    # SIGTERM (a cluster's or a user's kill) stops the run like Ctrl-C: workers
-    # are stopped, the summary is printed with the command that resumes
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    try:
-        result = run(
-            config,
-            multiprocessing=not args.in_process,
-            progress=not args.no_progress,
-            adopt_store=args.adopt_store,
-            rerun_changed=args.rerun_changed,
-        )
-    except KeyboardInterrupt:
-        sys.stdout.write(
-            f"\ninterrupted: finished blocks are kept; resume with\n  blockwise run {args.config}\n"
-        )
-        return 130
+    # SIGTERM stops the run like Ctrl-C: workers are stopped, the summary so far
+    # is printed with the command that resumes
+    with _sigterm_as_sigint() as signals:
+        try:
+            result = run(
+                config,
+                multiprocessing=not args.in_process,
+                progress=not args.no_progress,
+                adopt_store=args.adopt_store,
+                rerun_changed=args.rerun_changed,
+            )
+        except KeyboardInterrupt as e:
+            if isinstance(e, RunInterrupted):
+                sys.stdout.write(e.result.summary() + "\n")
+            signum = signals[0] if signals else signal.SIGINT
+            sys.stdout.write(
+                f"\ninterrupted by {signal.Signals(signum).name}: finished blocks are kept; "
+                f"resume with\n  blockwise run {args.config}\n"
+            )
+            sys.stdout.flush()
+            return 128 + signum
     sys.stdout.write(result.summary() + "\n")
     report = config.run_dir / "evaluation.json"
     evaluated = any(s.name == "evaluate" and s.done + s.skipped == s.total for s in result.stages)

@@ -1,42 +1,245 @@
-"""The local profile: worker processes on this machine, the same program a cluster node runs."""
+"""The local profile: worker processes on this machine, the same program a cluster node runs.
+
+daisy starts one small process per worker slot and calls :class:`LocalWorker`
+in it; that process starts the worker program and watches it until it exits,
+so that no worker outlives its run and none keeps the driver waiting:
+
+- the worker program dies with it, and it dies with the driver (Linux
+  ``PR_SET_PDEATHSIG``): a driver killed by any signal, even ``SIGKILL``,
+  leaves no worker behind;
+- when the run is interrupted (the driver's daisy scheduler stops listening,
+  or this process gets SIGINT or SIGTERM), the worker program is killed and
+  this process exits cleanly: a stopped worker, or one inside a long block,
+  does not hold the driver up;
+- a worker that stays stopped (``SIGSTOP``, ``SIGTSTP``) for a whole block
+  timeout is killed with ``SIGKILL``. A stopped process cannot run the block
+  watchdog of its daisy client (which ends every other stuck block), and daisy
+  would otherwise wait for it forever after every block is done; the block it
+  held is given to another worker by daisy's own reclaim on the same timeout.
+
+Linux only where ``/proc`` and ``prctl`` are needed; elsewhere workers run
+unwatched.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import logging
 import os
+import signal
+import socket
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockwise.execution import worker_command
-from blockwise.run_context import RunContext
-from blockwise.stage import StageTask
+
+if TYPE_CHECKING:
+    # not at run time: daisy's per-slot process imports this module, and a short
+    # start leaves a short window in which it cannot yet take a signal calmly
+    from blockwise.run_context import RunContext
+    from blockwise.stage import StageTask
+
+logger = logging.getLogger(__name__)
+
+#: seconds between two looks at whether the worker program is stopped
+POLL_S = 0.5
+#: seconds between two checks that the scheduler still listens
+PROBE_S = 1.0
+#: ``prctl`` option: the signal this process gets when its parent exits (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have this process killed (``SIGKILL``) when its parent exits; Linux only.
+
+    Args:
+        parent_pid: the parent this process must outlive no longer; if it is
+            already gone (it died before the request took effect), this
+            process exits at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        logger.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(errno))
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _worker_setup(parent_pid: int) -> None:
+    """In the worker program's process before it starts: tie it to its watcher.
+
+    It dies with the watching process, and ignores SIGINT: a Ctrl-C reaches the
+    whole process group, and the watcher, which gets it too, ends the worker
+    (a worker interrupted inside a block would report it failed, traceback and all).
+    """
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped by a signal or a tracer (Linux ``/proc``).
+
+    False where ``/proc`` cannot say (another OS, a process already reaped).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # the state is the first field after the command name, which may hold ")"
+    fields = stat[stat.rfind(")") + 1 :].split()
+    return bool(fields) and fields[0] in ("T", "t")
+
+
+def scheduler_gone(context: Any) -> bool:
+    """Whether the daisy scheduler named by a worker context refuses connections (it ended)."""
+    try:
+        with socket.create_connection((context["hostname"], int(context["port"])), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:  # unreachable for a moment, or slow: not proof that it ended
+        return False
+
+
+class _StopRequest:
+    """Why a worker-watching process stops its worker program early (nothing yet: None, False)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        #: the scheduler refuses connections: the run ended under the worker
+        self.scheduler_gone = False
+
+    def request(self, signum: int, frame: object) -> None:
+        """A signal handler: note the request (the watch loop acts on it)."""
+        del frame
+        self.signum = signum
 
 
 @dataclass(frozen=True)
 class LocalWorker:
-    """Starts one worker program on this machine (daisy calls it once per worker slot).
+    """Starts one worker program on this machine and watches it (one per daisy worker slot).
 
     The program reads the run config, connects to the scheduler named by
     ``DAISY_CONTEXT`` (inherited) and processes blocks until none are left. A
     GPU stage's worker sees one device: ``CUDA_VISIBLE_DEVICES`` is the
     worker's slot modulo the GPUs given.
+
+    Args:
+        config_path: the resolved config the worker reads.
+        stage: the daisy task id whose blocks the worker processes.
+        gpu_ids: the devices GPU workers are spread over (empty: no GPU).
+        stuck_after_s: seconds a worker may stay stopped before it is killed
+            (the stage's block timeout).
     """
 
     config_path: str
     stage: str
     gpu_ids: tuple[str, ...] = ()
+    stuck_after_s: float = 600.0
 
     def __call__(self, *, context: Any = None) -> None:
+        """Run the worker program until it exits.
+
+        Raises:
+            SystemExit: if the worker program exited non-zero or was killed:
+                this process then exits 1, which daisy counts against the
+                stage's worker restarts.
+        """
+        # first of all, as daisy starts this process when the run may already be
+        # ending: SIGTERM or SIGINT (a Ctrl-C reaches the whole process group)
+        # stops the worker program, and this process leaves quietly
+        stop = _StopRequest()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, stop.request)
+        try:
+            self._run(stop, context)
+        finally:
+            # Python restores the default actions while it shuts down, when a
+            # signal would end this process with a failure that daisy reports
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+    def _run(self, stop: _StopRequest, context: Any) -> None:
+        """Start the worker program, watch it, and say how it ended (see ``__call__``)."""
+        # this process dies with the driver, its worker program with this process
+        die_with_parent(os.getppid())
         command = worker_command(self.config_path, self.stage)
         env = dict(os.environ)
         if self.gpu_ids:
             worker_id = int(context["worker_id"]) if context is not None else 0
             env["CUDA_VISIBLE_DEVICES"] = self.gpu_ids[worker_id % len(self.gpu_ids)]
-        result = subprocess.run(command, env=env, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"worker {' '.join(command)} exited with {result.returncode}")
+        proc = subprocess.Popen(
+            command, env=env, preexec_fn=functools.partial(_worker_setup, os.getpid())
+        )
+        try:
+            returncode = self._watch(proc, stop, context)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if stop.signum is not None:
+            logger.info("%s worker stopped: signal %d", self.stage, stop.signum)
+            return
+        if stop.scheduler_gone:
+            logger.info("%s worker stopped: the scheduler ended", self.stage)
+            return
+        if returncode != 0 and context is not None and scheduler_gone(context):
+            # the run ended or was interrupted under it (its connection broke):
+            # a straggler, not a failed worker
+            logger.info(
+                "%s worker exited with %d after the scheduler stopped", self.stage, returncode
+            )
+            return
+        if returncode != 0:
+            # one line on stderr (no traceback): daisy quotes its tail in the run's log
+            raise SystemExit(f"worker {' '.join(command)} exited with {returncode}")
+
+    def _watch(self, proc: subprocess.Popen[bytes], stop: _StopRequest, context: Any) -> int:
+        """Wait for ``proc``; kill it when asked, when the scheduler ended, or when stuck.
+
+        Stuck: stopped for ``stuck_after_s``.
+        """
+        stopped_since: float | None = None
+        refused = 0
+        next_probe = time.monotonic() + PROBE_S
+        while True:
+            try:
+                return proc.wait(timeout=POLL_S)
+            except subprocess.TimeoutExpired:
+                pass
+            # the scheduler ended (the run was interrupted, or finished while the
+            # worker cannot notice): refused twice in a row, one hiccup is not enough
+            now = time.monotonic()
+            if context is not None and now >= next_probe:
+                next_probe = now + PROBE_S
+                refused = refused + 1 if scheduler_gone(context) else 0
+                stop.scheduler_gone = refused >= 2
+            if stop.signum is not None or stop.scheduler_gone:
+                proc.kill()  # SIGKILL: a stopped program ends too
+                return proc.wait()
+            if not is_stopped(proc.pid):
+                stopped_since = None
+                continue
+            if stopped_since is None:
+                stopped_since = now
+            elif now - stopped_since >= self.stuck_after_s:
+                logger.error(
+                    "worker %d of %s stopped for %.0f s (block timeout %.0f s); killing it",
+                    proc.pid,
+                    self.stage,
+                    now - stopped_since,
+                    self.stuck_after_s,
+                )
+                proc.kill()
+                return proc.wait()
 
 
 def visible_gpus() -> tuple[str, ...]:
@@ -65,7 +268,8 @@ class LocalProfile:
     def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
         """A worker-starting function; GPU stages spread their workers over the GPUs."""
         gpus = visible_gpus() if task.stage.resources(ctx.config).gpus else ()
-        return LocalWorker(str(self.config_path), task.name, gpus)
+        timeout_s = ctx.config.execution.block_timeout_s
+        return LocalWorker(str(self.config_path), task.name, gpus, timeout_s)
 
     def teardown(self) -> None:
-        """Nothing to stop: daisy ends its worker processes with the run."""
+        """Nothing to stop: every worker dies with its daisy worker process or the driver."""
