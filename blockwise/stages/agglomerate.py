@@ -26,6 +26,7 @@ from funlib.geometry import Coordinate
 from blockwise.contacts import contact_statistics, quantise_affinities
 from blockwise.fragments import fragments_for_config
 from blockwise.geometry import roi_slices
+from blockwise.hierarchy_files import octree_of, save_leaf, save_seams
 from blockwise.kernels.region_merging import merge_regions
 from blockwise.run_context import RunContext
 from blockwise.scoring import scoring_from_config
@@ -99,8 +100,6 @@ def measure_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
     the store (score = 1 - mean affinity, merge score NaN or
     ``CUT_MERGE_SCORE``).
     """
-    from blockwise.stages.hierarchy import octree_of, save_leaf, save_seams
-
     fragments = ctx.fragments.read(block.read_roi)
     affs_u8, affs = measured_affinities(ctx, block)
     offsets = ctx.config.inputs.offsets

@@ -26,6 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blockwise.errors import InputError, StoreError
+from blockwise.hierarchical import segment_tables as tables_from_records
+from blockwise.hierarchy_files import read_records
 from blockwise.kernels.region_merging import merge_graph
 from blockwise.kernels.union_find import UnionFind
 from blockwise.lut import SegmentTable, save_table
@@ -132,9 +134,6 @@ def merge_globally(ctx: RunContext) -> EdgeTable:
 
 def hierarchical_tables(ctx: RunContext) -> list[SegmentTable]:
     """Tables from the merge records of every hierarchy task, in one union-find pass."""
-    from blockwise.hierarchical import segment_tables as tables_from_records
-    from blockwise.stages.hierarchy import read_records
-
     thresholds = ctx.config.segments.thresholds
     ids = ctx.store.node_ids()
     records = read_records(ctx)

@@ -18,7 +18,7 @@ edge keeps a float32 running mean, as waterz does, instead of integer sums).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -127,11 +127,14 @@ def greedy_merge(
     *,
     tie_break: TieBreak = "tau",
     arithmetic: Arithmetic = "exact",
+    premerged: Sequence[tuple[int, int]] = (),
 ) -> list[Record]:
     """Merge the whole graph greedily, best edge first, until no edge scores below ``bound``.
 
     Partial statistics of one pair are summed; the tie key of a fragment
     edge is ``(min(u, v), max(u, v))``, of a cluster edge the largest inside.
+    The fragment pairs in ``premerged`` (halves of a cut basin) are merged
+    first, in the order given, each recorded with height 0 (``s = 255 n``, n = 1).
 
     Returns:
         The merge records in the order done.
@@ -139,8 +142,22 @@ def greedy_merge(
     graph = _Graph([int(f) for f in fragment_ids])
     for x, y, sx, nx in zip(u.tolist(), v.tolist(), s.tolist(), n.tolist(), strict=True):
         graph.add(x, y, sx, nx, (min(x, y), max(x, y)))
-    better = _better_fn(tie_break, arithmetic)
     records: list[Record] = []
+    cluster = {int(f): int(f) for f in fragment_ids}
+
+    def find(x: int) -> int:
+        while cluster[x] != x:
+            x = cluster[x]
+        return x
+
+    for a, b in premerged:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            low, high = min(ra, rb), max(ra, rb)
+            graph.merge(low, high)
+            cluster[high] = low
+            records.append((low, high, 255, 1, 0, 0))
+    better = _better_fn(tie_break, arithmetic)
     while True:
         best: tuple[int, int] | None = None
         for key, edge in graph.edges.items():

@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from hierarchy.graphs import THRESHOLDS, Case, blocks_of, chain_case, random_case, voi
-from hierarchy.reference import _below, _better_fn, _Graph, partition_labels
+from hierarchy.reference import greedy_merge, partition_labels
 
 from blockwise.hierarchical import (
     HierarchyInputError,
@@ -41,18 +41,6 @@ def reference_with_forced(
     case: Case, forced: np.ndarray, bound: Fraction
 ) -> list[tuple[int, int, int, int, int, int]]:
     """Pre-merge every forced pair, then merge greedily (exact means, tau tie-break)."""
-    graph = _Graph([int(f) for f in case.fragment_ids])
-    rows = zip(case.u.tolist(), case.v.tolist(), case.s.tolist(), case.n.tolist(), strict=True)
-    for x, y, sx, nx in rows:
-        graph.add(x, y, sx, nx, (min(x, y), max(x, y)))
-    cluster = {int(f): int(f) for f in case.fragment_ids}
-
-    def find(x: int) -> int:
-        while cluster[x] != x:
-            x = cluster[x]
-        return x
-
-    records = []
     pairs = sorted(
         {
             (min(a, b), max(a, b))
@@ -60,25 +48,7 @@ def reference_with_forced(
             if f
         }
     )
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra == rb:
-            continue
-        low, high = min(ra, rb), max(ra, rb)
-        graph.merge(low, high)
-        cluster[high] = low
-        records.append((low, high, 255, 1, 0, 0))  # height 0: merged at every threshold
-    better = _better_fn("tau", "exact")
-    while True:
-        best = None
-        for key, edge in graph.edges.items():
-            if _below(edge, bound) and (best is None or better(key, edge, best, graph.edges[best])):
-                best = key
-        if best is None:
-            return records
-        edge = graph.edges[best]
-        records.append((best[0], best[1], edge.s, edge.n, edge.tau[0], edge.tau[1]))
-        graph.merge(*best)
+    return greedy_merge(case.fragment_ids, case.u, case.v, case.s, case.n, bound, premerged=pairs)
 
 
 def check_forced(

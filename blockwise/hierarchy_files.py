@@ -1,0 +1,117 @@
+"""The files of the hierarchical agglomeration in a run directory, and its octree.
+
+agglomerate writes, per leaf block, its fragments with their levels
+(:func:`save_leaf`) and the edges it owns grouped by the level of their lowest
+common ancestor (:func:`save_seams`); the hierarchy stage reads a node's seam
+edges (:func:`seam_edges`) and writes one task result per node; find_segments
+reads every task's merge records (:func:`read_records`). Kept apart from the
+stage modules so that no stage imports another.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+from blockwise.errors import StoreError
+from blockwise.hierarchical import load_task_result, read_arrays, write_arrays
+from blockwise.kernels.mean_merge import ClusterEdges, fragment_edge_keys
+from blockwise.layout import RunLayout
+from blockwise.octree import Octree
+from blockwise.run_context import RunContext
+
+LEAF_ARRAYS = ("ids", "levels")
+SEAM_ARRAYS = ("u", "v", "s", "n", "forced")
+
+
+@cache
+def _octree(grid_shape: tuple[int, int, int]) -> Octree:
+    return Octree(grid_shape)
+
+
+def octree_of(ctx: RunContext) -> Octree:
+    """The octree over the run's extract_fragments grid (the leaves)."""
+    return _octree(tuple(int(g) for g in ctx.grid.grid_shape))
+
+
+def save_leaf(layout: RunLayout, block: int, ids: np.ndarray, levels: np.ndarray) -> None:
+    """Write a leaf block's fragment ids and levels (agglomerate)."""
+    write_arrays(
+        layout.leaf_path(block),
+        {"ids": ids.astype(np.uint64), "levels": levels.astype(np.uint8)},
+    )
+
+
+def save_seams(
+    layout: RunLayout,
+    block: int,
+    edge_levels: np.ndarray,
+    columns: dict[str, np.ndarray],
+    n_levels: int,
+) -> None:
+    """Write the edges block ``block`` owns, one file per LCA level (agglomerate).
+
+    A level without edges gets no file; stale files of an earlier attempt are removed.
+    """
+    for level in range(n_levels):
+        rows = edge_levels == level
+        path = layout.seam_path(level, block)
+        if not rows.any():
+            path.unlink(missing_ok=True)
+            continue
+        write_arrays(path, {name: columns[name][rows] for name in SEAM_ARRAYS})
+
+
+def seam_edges(
+    ctx: RunContext, octree: Octree, level: int, node: int
+) -> tuple[ClusterEdges, np.ndarray]:
+    """The fragment edges whose LCA is ``node``, with their forced flags.
+
+    They are the level-``level`` edges owned by the leaf blocks under ``node``.
+    """
+    coords = octree.node_coords([node])[0]
+    begin = coords * 2**level
+    end = np.minimum(begin + 2**level, octree.grid_shape)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SEAM_ARRAYS}
+    grid = np.stack(
+        np.meshgrid(*(np.arange(b, e) for b, e in zip(begin, end, strict=True)), indexing="ij"),
+        axis=-1,
+    ).reshape(-1, 3)
+    for block in octree.block_index(grid).tolist():
+        path = ctx.layout.seam_path(level, block)
+        if not path.exists():
+            continue
+        arrays = read_arrays(path, SEAM_ARRAYS)
+        for name in SEAM_ARRAYS:
+            parts[name].append(arrays[name])
+    if not parts["u"]:
+        return ClusterEdges.empty(), np.zeros(0, dtype=bool)
+    u = np.concatenate(parts["u"]).astype(np.uint64)
+    v = np.concatenate(parts["v"]).astype(np.uint64)
+    tau_hi, tau_lo = fragment_edge_keys(u, v)
+    edges = ClusterEdges(
+        a=np.minimum(u, v),
+        b=np.maximum(u, v),
+        s=np.concatenate(parts["s"]).astype(np.uint64),
+        n=np.concatenate(parts["n"]).astype(np.uint64),
+        tau_hi=tau_hi,
+        tau_lo=tau_lo,
+    )
+    return edges, np.concatenate(parts["forced"]).astype(bool)
+
+
+def read_records(ctx: RunContext) -> ClusterEdges:
+    """Every merge record of every task (find_segments), checking each task file is there."""
+    octree = octree_of(ctx)
+    parts = []
+    for level in range(octree.n_levels):
+        for node in octree.nodes_at_level(level).tolist():
+            path = ctx.layout.task_path(level, int(node))
+            if not path.exists():
+                raise StoreError(
+                    f"{path} is missing: hierarchy level {level} node {node} has not run; "
+                    "re-run the hierarchy stage (blockwise reset CONFIG hierarchy)"
+                )
+            parts.append(load_task_result(path).records)
+    return ClusterEdges.concatenate(parts)
