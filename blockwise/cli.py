@@ -80,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 adopt_store=args.adopt_store,
                 rerun_changed=args.rerun_changed,
+                signals=signals,
             )
         except KeyboardInterrupt as e:
             if isinstance(e, RunInterrupted):

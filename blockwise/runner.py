@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +276,7 @@ def run(
     progress: bool = True,
     adopt_store: bool = False,
     rerun_changed: bool = False,
+    signals: Sequence[int] = (),
 ) -> RunResult:
     """Run every stage of ``config`` to completion (or failure).
 
@@ -284,6 +287,13 @@ def run(
         progress: draw per-stage progress bars.
         adopt_store: accept a graph store written by a run of another name.
         rerun_changed: recompute stages whose config or inputs changed (and downstream).
+        signals: the signals that have reached the driver (the caller's live
+            list; SIGTERM is relayed as SIGINT): an interrupted run's summary
+            names the first one, SIGINT if it is empty.
+
+    Raises:
+        RunInterrupted: when Ctrl-C or SIGTERM stopped the run; ``summary.json``
+            is written first.
     """
     start = time.monotonic()
     lock = DriverLock(RunLayout(config.run_dir).lock_path)
@@ -351,15 +361,22 @@ def run(
             messages.append(_abandoned(name, state, config))
     if interrupted:
         ctx.close()
-        raise RunInterrupted(
-            RunResult(
-                summaries,
-                failures.read_failures(config.run_dir),
-                time.monotonic() - start,
-                config.run_dir,
-                messages,
-            )
+        stopped = RunResult(
+            summaries,
+            failures.read_failures(config.run_dir),
+            time.monotonic() - start,
+            config.run_dir,
+            messages,
         )
+        write_summary(
+            config,
+            stopped,
+            start,
+            in_process=not multiprocessing,
+            timings=observer.timings,
+            interrupted=signals[0] if signals else int(signal.SIGINT),
+        )
+        raise RunInterrupted(stopped)
     for stage, _ in stages:
         if stage.describe_result is not None:
             messages += stage.describe_result(ctx)

@@ -1,16 +1,17 @@
 """``RUN_DIR/summary.json``: what one invocation of a run did, per stage and per block.
 
-The driver writes it when a run ends, whether every block finished or some
-failed (:func:`write_summary`); ``blockwise report`` renders it
-(:mod:`blockwise.report_html`, whose :func:`~blockwise.report_html.load_summary`
-checks it). Schema::
+The driver writes it when a run ends, whether every block finished, some
+failed or a signal (Ctrl-C, SIGTERM) stopped it (:func:`write_summary`);
+``blockwise report`` renders it (:mod:`blockwise.report_html`, whose
+:func:`~blockwise.report_html.load_summary` checks it). Schema::
 
     {
       "run": str, "run_dir": str, "profile": "in_process" | "local" | "slurm",
       "started_at": str, "ended_at": str,      # ISO 8601, UTC
       "wall_s": float,                         # the whole invocation
-      "exit_status": "ok" | "failed",
-      "exit_code": int,                        # what `blockwise run` exits with: 0 or 1
+      "exit_status": "ok" | "failed" | "interrupted",
+      "exit_code": int,                        # what `blockwise run` exits with: 0, 1,
+                                               # or 128 + the signal that stopped it
       "stages": [
         {"name": str, "total": int, "done": int, "skipped": int, "failed": int,
          "wall_s": float, "megavoxels": float, "mvox_per_s": float,
@@ -137,12 +138,25 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
+def _exit_status(result: RunResult, interrupted: int | None) -> str:
+    if interrupted is not None:
+        return "interrupted"
+    return "ok" if result.ok else "failed"
+
+
+def _exit_code(result: RunResult, interrupted: int | None) -> int:
+    if interrupted is not None:
+        return 128 + interrupted
+    return 0 if result.ok else 1
+
+
 def build_summary(
     config: RunConfig,
     result: RunResult,
     started_monotonic: float,
     in_process: bool = False,
     timings: Mapping[str, Any] | None = None,
+    interrupted: int | None = None,
 ) -> dict[str, Any]:
     """The summary of a run that just ended (see the module docstring).
 
@@ -154,6 +168,8 @@ def build_summary(
         timings: per stage an object with monotonic ``start``/``end`` (or None),
             e.g. :attr:`blockwise.progress.StageProgress.timings`; used for the
             stages without recorded block times.
+        interrupted: the signal that stopped the run (SIGINT, SIGTERM), None
+            if it ran to its end; its exit code is ``128 + signal``.
     """
     now_monotonic, now = time.monotonic(), time.time()
     started = now - (now_monotonic - started_monotonic)
@@ -203,8 +219,8 @@ def build_summary(
         "started_at": _iso(started),
         "ended_at": _iso(now),
         "wall_s": float(result.wall_s),
-        "exit_status": "ok" if result.ok else "failed",
-        "exit_code": 0 if result.ok else 1,
+        "exit_status": _exit_status(result, interrupted),
+        "exit_code": _exit_code(result, interrupted),
         "stages": stages,
         "blocks": blocks,
         "failures": [
@@ -221,6 +237,7 @@ def write_summary(
     started_monotonic: float,
     in_process: bool = False,
     timings: Mapping[str, Any] | None = None,
+    interrupted: int | None = None,
 ) -> Path | None:
     """Write ``RUN_DIR/summary.json`` (atomically) for a run that just ended.
 
@@ -232,7 +249,7 @@ def write_summary(
     """
     path = summary_path(config.run_dir)
     try:
-        summary = build_summary(config, result, started_monotonic, in_process, timings)
+        summary = build_summary(config, result, started_monotonic, in_process, timings, interrupted)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         tmp.replace(path)

@@ -327,6 +327,12 @@ def test_a_signalled_driver_stops_every_worker_summarises_and_resumes(
     assert done_before >= 1, out
     assert f"resume with\n  blockwise run {path}\n" in out, out
     assert not (run_dir / "evaluation.json").exists()
+    # summary.json records the interrupted invocation: its status, exit code and stages
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_status"] == "interrupted", summary
+    assert summary["exit_code"] == 128 + signum, summary
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert stages["extract_fragments"]["done"] == done_before, summary
 
     resumed = subprocess.run(
         [BLOCKWISE, "run", str(path), "--no-progress"],
