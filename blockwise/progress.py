@@ -103,6 +103,8 @@ class StageSummary:
     failed: int
     wall_s: float
     megavoxels: float
+    #: blocks never run because a block they need failed upstream (daisy's orphans)
+    blocked: int = 0
 
     @property
     def mvox_per_s(self) -> float:
@@ -116,13 +118,13 @@ class StageSummary:
 def format_summary(stages: list[StageSummary], wall_s: float) -> str:
     """The end-of-run table."""
     header = (
-        f"{'stage':<18}{'blocks':>7}{'done':>7}{'skipped':>8}{'failed':>7}"
+        f"{'stage':<18}{'blocks':>7}{'done':>7}{'skipped':>8}{'failed':>7}{'blocked':>8}"
         f"{'wall s':>9}{'MVox/s':>9}"
     )
     lines = ["", "Run summary", header, "-" * len(header)]
     for s in stages:
         lines.append(
-            f"{s.name:<18}{s.total:>7}{s.done:>7}{s.skipped:>8}{s.failed:>7}"
+            f"{s.name:<18}{s.total:>7}{s.done:>7}{s.skipped:>8}{s.failed:>7}{s.blocked:>8}"
             f"{s.wall_s:>9.1f}{s.mvox_per_s:>9.2f}"
         )
     lines.append(f"total wall time {wall_s:.1f} s")

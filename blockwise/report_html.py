@@ -9,7 +9,7 @@ holds and renders each part that exists:
   documented in :mod:`blockwise.summary`, and :data:`SUMMARY_SCHEMA` lists
   the keys this page needs (older summaries without the optional keys still
   render). Rendered as the run's start, end and exit status, a per-stage
-  table (blocks total/done/skipped/failed, wall time, MVox, MVox/s, workers)
+  table (blocks total/done/skipped/failed/blocked, wall time, MVox, MVox/s, workers)
   and a blocks-over-time plot: one row per worker and a bar per block where
   block times were recorded, else one bar per stage from its first block's
   start to its last block's end.
@@ -295,13 +295,24 @@ def _section_summary(run_dir: Path) -> str:
                 stage["done"],
                 stage["skipped"],
                 stage["failed"],
+                stage.get("blocked", "-"),
                 f"{wall:.1f}",
                 f"{mvox:.2f}",
                 rate,
                 stage.get("workers", "-"),
             ]
         )
-    headers = ["stage", "blocks", "done", "skipped", "failed", "wall (s)", "MVox", "MVox/s"]
+    headers = [
+        "stage",
+        "blocks",
+        "done",
+        "skipped",
+        "failed",
+        "blocked",
+        "wall (s)",
+        "MVox",
+        "MVox/s",
+    ]
     parts.append(_table([*headers, "workers"], rows))
     blocks = summary.get("blocks", [])
     if blocks:

@@ -352,7 +352,8 @@ def run(
                 total=int(state.total_block_count),
                 done=int(state.completed_count) - skipped,
                 skipped=skipped,
-                failed=int(state.failed_count) + int(state.orphaned_count),
+                failed=int(state.failed_count),
+                blocked=int(state.orphaned_count),
                 wall_s=measured.get(name, observer.timings[name].wall_s),
                 megavoxels=voxels(tiling.data_roi, tiling.voxel_size) / 1e6,
             )

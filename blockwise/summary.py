@@ -13,7 +13,7 @@ failed or a signal (Ctrl-C, SIGTERM) stopped it (:func:`write_summary`);
       "exit_code": int,                        # what `blockwise run` exits with: 0, 1,
                                                # or 128 + the signal that stopped it
       "stages": [
-        {"name": str, "total": int, "done": int, "skipped": int, "failed": int,
+        {"name": str, "total": int, "done": int, "skipped": int, "failed": int, "blocked": int,
          "wall_s": float, "megavoxels": float, "mvox_per_s": float,
          "workers": int, "start_s": float | None, "end_s": float | None}
       ],
@@ -24,8 +24,9 @@ failed or a signal (Ctrl-C, SIGTERM) stopped it (:func:`write_summary`);
       "messages": [str]
     }
 
-Per stage, ``total/done/skipped/failed`` count blocks (``done`` ran in this
-invocation, ``skipped`` were finished before), ``wall_s`` is the stage's wall
+Per stage, ``total/done/skipped/failed/blocked`` count blocks (``done`` ran
+in this invocation, ``skipped`` were finished before, ``blocked`` never ran
+because a block they need failed upstream), ``wall_s`` is the stage's wall
 time, ``megavoxels`` the volume it covers and ``mvox_per_s`` the volume of
 the blocks run in this invocation over ``wall_s``; ``workers`` is how many
 workers the stage was given. ``start_s``/``end_s`` and the blocks' times are
@@ -204,6 +205,7 @@ def build_summary(
                 "done": s.done,
                 "skipped": s.skipped,
                 "failed": s.failed,
+                "blocked": s.blocked,
                 "wall_s": float(s.wall_s),
                 "megavoxels": float(s.megavoxels),
                 "mvox_per_s": float(s.mvox_per_s),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -253,6 +254,46 @@ def test_a_deterministic_failure_is_not_retried_pointlessly(
     assert "NaN" in result.failures[0].error and "NaN" in result.failures[0].traceback
     bad = [r for r in reads if r.startswith("[0:256, 0:256, 240")]
     assert len(bad) == 1, reads  # read once; the retries failed at once without work
+
+
+@pytest.mark.timeout(300)
+def test_a_failing_block_reads_as_one_line_on_the_terminal(tmp_path: Path) -> None:
+    # with worker processes and retries: the terminal shows the summary with one line
+    # for the failed block and none of its tracebacks (daisy's scheduler printed one
+    # per attempt); the traceback is in the run directory, once
+    data = tmp_path / "nan.zarr"
+    affs = np.random.default_rng(0).random((3, 32, 32, 64)).astype(np.float32)
+    affs[:, 3, 3, 40] = np.nan  # in block 1 of 2
+    root = zarr.open_group(str(data), mode="w")
+    root.create_dataset("affs", data=affs, chunks=(3, 16, 16, 16)).attrs["resolution"] = [8, 8, 8]
+    config = {
+        "name": "nan",
+        "run_dir": str(tmp_path / "run"),
+        "inputs": {"affinities": {"file": str(data), "dataset": "affs"}},
+        "output": {"chunk_shape_vx": [16, 16, 16]},
+        "extract_fragments": {"block_shape_vx": [32, 32, 32], "context_vx": [2, 2, 2]},
+        "execution": {"num_workers": 2, "max_retries": 2},
+    }
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [BLOCKWISE, "run", str(path), "--no-progress"], capture_output=True, text=True, timeout=240
+    )
+    terminal = proc.stdout + proc.stderr
+    assert proc.returncode == 1, terminal
+    assert "Traceback" not in terminal and "WARN" not in terminal, terminal
+    named = [line for line in terminal.splitlines() if "extract_fragments block 1 " in line]
+    assert len(named) == 1 and "write ROI [0:256, 0:256, 256:512]" in named[0], terminal
+    assert "NaN" in named[0], terminal
+    # downstream blocks that need it are reported as blocked, not failed
+    table = [line.split() for line in proc.stdout.splitlines()]
+    rows = {cells[0]: cells for cells in table if len(cells) == 8}
+    assert rows["extract_fragments"][1:6] == ["2", "1", "0", "1", "0"], proc.stdout
+    assert rows["agglomerate"][1:6] == ["2", "0", "0", "0", "2"], proc.stdout
+    record = json.loads(
+        (tmp_path / "run" / "failures" / "extract_fragments" / "block_1.json").read_text()
+    )
+    assert "Traceback" in record["traceback"] and "NaN" in record["traceback"]
 
 
 def test_plan_smoke_runs_one_block_per_stage_without_touching_the_run_dir(

@@ -71,7 +71,7 @@ def test_gala_run_writes_a_summary_the_report_shows(tmp_path: Path, gala: Path) 
     assert names == [s.name for s in result.stages]
     assert "downsample" in names and "evaluate" in names
     for entry, stage in zip(summary["stages"], result.stages, strict=True):
-        for key in ("total", "done", "skipped", "failed"):
+        for key in ("total", "done", "skipped", "failed", "blocked"):
             assert entry[key] == getattr(stage, key), (stage.name, key)
         assert entry["wall_s"] == pytest.approx(stage.wall_s)
         assert entry["mvox_per_s"] == pytest.approx(stage.mvox_per_s)
@@ -83,12 +83,12 @@ def test_gala_run_writes_a_summary_the_report_shows(tmp_path: Path, gala: Path) 
     assert list(rows) == names
     for stage in result.stages:
         cells = rows[stage.name]
-        assert cells[:4] == [str(stage.total), str(stage.done), str(stage.skipped), "0"]
-        assert cells[4] == f"{stage.wall_s:.1f}" and cells[6] == f"{stage.mvox_per_s:.2f}"
+        assert cells[:5] == [str(stage.total), str(stage.done), str(stage.skipped), "0", "0"]
+        assert cells[5] == f"{stage.wall_s:.1f}" and cells[7] == f"{stage.mvox_per_s:.2f}"
         assert stage.done == stage.total > 0
     extract = result.stages[0]
     assert extract.name == "extract_fragments" and extract.total == 2 * 4 * 7  # 50 x 100 x 200
-    assert float(rows["extract_fragments"][6]) > 0
+    assert float(rows["extract_fragments"][7]) > 0
     assert "exit code 0" in page and "<b>ok</b>" in page
 
     # a second invocation skips every block: the summary says so and times nothing
@@ -145,7 +145,11 @@ def test_failed_run_writes_a_failed_summary(tmp_path: Path) -> None:
     assert summary["failures"][0]["stage"] == "extract_fragments"
     assert summary["failures"][0]["block"] == 1 and "NaN" in summary["failures"][0]["error"]
     extract = summary["stages"][0]
-    assert extract["failed"] == 1 and extract["done"] == 1
+    assert extract["failed"] == 1 and extract["done"] == 1 and extract["blocked"] == 0
+    # the agglomerate block that reads the failed fragments block never ran: blocked, not failed
+    agglomerate = summary["stages"][1]
+    assert agglomerate["name"] == "agglomerate" and agglomerate["failed"] == 0
+    assert agglomerate["blocked"] == agglomerate["total"] - agglomerate["done"] > 0
     page = write_report(cfg.run_dir).read_text()
     assert "<b>failed</b>" in page and "exit code 1" in page
 

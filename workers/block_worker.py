@@ -37,19 +37,18 @@ def serve(config_path: str, stage_name: str) -> int:
     done = failed = 0
     try:
         while True:
-            acquired = False
-            try:
-                with client.acquire_block() as block:
-                    if block is None:
-                        break
-                    acquired = True
+            with client.acquire_block() as block:
+                if block is None:
+                    break
+                try:
                     worker.process(block.read_roi, block.write_roi)
                     done += 1
-            except Exception:
-                if not acquired:
-                    raise
-                # the worker recorded it and the client reported it; keep going
-                failed += 1
+                except Exception:
+                    # StageWorker recorded the failure (ROI, error, traceback file in
+                    # RUN_DIR/failures/); daisy is told without the traceback, which its
+                    # scheduler would print on the driver's terminal for every attempt
+                    block.status = daisy.BlockStatus.FAILED
+                    failed += 1
     finally:
         worker.close()
         ctx.close()
