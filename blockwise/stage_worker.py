@@ -16,7 +16,14 @@ from contextlib import ExitStack
 from funlib.geometry import Roi
 
 from blockwise import failures
-from blockwise.errors import BlockFailedError, CheckpointError, ConfigError, InputError
+from blockwise.errors import (
+    BlockFailedError,
+    CheckpointError,
+    ConfigError,
+    DiskFullError,
+    InputError,
+    as_disk_full,
+)
 from blockwise.run_context import RunContext
 from blockwise.stage import BlockFunction, Stage, StageTask, Tiling
 from blockwise.summary import BlockTimeLog
@@ -25,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 # errors a retry of the same block would only repeat: bad input values, a corrupt
 # chunk, a config or checkpoint that does not fit (transient ones, such as a
-# StoreError while a server restarts, are retried)
+# StoreError while a server restarts, are retried). A full disk (DiskFullError) is
+# not retried within the run that hit it either, but a later run retries it.
 DETERMINISTIC_ERRORS = (InputError, ConfigError, CheckpointError)
 
 
@@ -84,27 +92,40 @@ class StageWorker:
                 self._function = self._exit.enter_context(self.stage.setup(self.ctx))
             self._function(block)
         except Exception as e:
-            failures.record_failure(
-                self.ctx.run_dir,
-                self.name,
-                block.index,
-                block.read_roi,
-                block.write_roi,
-                e,
-                traceback.format_exc(),
-                is_deterministic=isinstance(e, DETERMINISTIC_ERRORS),
-            )
+            full = as_disk_full(e, self.ctx.run_dir)
+            try:
+                failures.record_failure(
+                    self.ctx.run_dir,
+                    self.name,
+                    block.index,
+                    block.read_roi,
+                    block.write_roi,
+                    e if full is None else full,
+                    traceback.format_exc(),
+                    # a full disk stays full for the rest of this run; the next
+                    # run clears every record (failures.clear_all) and retries
+                    is_deterministic=full is not None or isinstance(e, DETERMINISTIC_ERRORS),
+                )
+            except DiskFullError as unrecorded:
+                # the record needs space too; daisy still counts the block failed
+                logger.error(
+                    "%s block %d: failure not recorded: %s", self.name, block.index, unrecorded
+                )
             logger.error(
                 "%s block %d (write ROI %s) failed: %s",
                 self.name,
                 block.index,
                 block.write_roi,
-                e,
+                e if full is None else full,
             )
-            raise
+            if full is None or full is e:
+                raise
+            raise full from e
         self._times.record(block.index, started, time.time())
-        failures.clear_failure(self.ctx.run_dir, self.name, block.index)
+        if earlier is not None:  # an earlier attempt failed for a passing reason
+            failures.clear_failure(self.ctx.run_dir, self.name, block.index)
 
     def close(self) -> None:
         """Leave the stage's setup (close models, tables, stores it opened)."""
+        self._times.close()
         self._exit.close()

@@ -50,7 +50,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from blockwise.config import RunConfig
@@ -85,6 +85,8 @@ class BlockTimeLog:
         self.worker = worker or worker_name()
         self.path = run_dir / TIMINGS_DIR / stage / f"{self.worker.replace(':', '-')}.jsonl"
         self.stage = stage
+        # opened at the first block and kept open: one write per block, no open/close
+        self._file: TextIO | None = None
 
     def record(self, block: int, start: float, end: float) -> None:
         """Record that ``block`` ran from ``start`` to ``end`` (seconds since the epoch).
@@ -94,11 +96,23 @@ class BlockTimeLog:
         record = {"stage": self.stage, "block": int(block), "worker": self.worker}
         line = json.dumps({**record, "start": start, "end": end})
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8")
+            # one line per write, flushed at once: a killed worker loses no finished block
+            self._file.write(line + "\n")
+            self._file.flush()
         except OSError as e:
             logger.warning("cannot record the time of %s block %d: %s", self.stage, block, e)
+
+    def close(self) -> None:
+        """Close the log file (a later :meth:`record` opens it again)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as e:
+                logger.warning("cannot close %s: %s", self.path, e)
+            self._file = None
 
 
 def read_block_times(run_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
@@ -250,12 +264,14 @@ def write_summary(
         The path written, or None if it could not be written.
     """
     path = summary_path(config.run_dir)
+    tmp = path.with_suffix(".json.tmp")
     try:
         summary = build_summary(config, result, started_monotonic, in_process, timings, interrupted)
-        tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         tmp.replace(path)
     except OSError as e:
+        # e.g. a full disk: no half-written temporary file stays behind
+        tmp.unlink(missing_ok=True)
         logger.warning("cannot write the run summary %s: %s", path, e)
         return None
     logger.info("run summary: %s", path)

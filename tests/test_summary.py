@@ -158,10 +158,12 @@ def test_block_time_log_reads_back_and_skips_torn_lines(tmp_path: Path) -> None:
     log = BlockTimeLog(tmp_path, "relabel", worker="node7:123")
     log.record(4, 100.0, 101.5)
     log.record(2, 99.0, 99.5)
+    log.close()
     with log.path.open("a") as f:
         f.write('{"stage": "relabel", "block": 9, "start": 1')  # a worker killed mid-line
     other = BlockTimeLog(tmp_path, "relabel", worker="node8:9")
     other.record(1, 50.0, 51.0)
+    other.close()
     assert log.path != other.path and log.path.name == "node7-123.jsonl"
     records = read_block_times(tmp_path, since=60.0)
     assert [(r["block"], r["worker"]) for r in records] == [(2, "node7:123"), (4, "node7:123")]
