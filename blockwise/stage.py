@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from funlib.geometry import Coordinate, Roi
@@ -86,12 +87,46 @@ class Tiling:
         return 1 if grid is None else grid.num_blocks
 
     def block(self, stage: str, read_roi: Roi, write_roi: Roi, level: int = 0) -> StageBlock:
-        """The block daisy handed out, cut to the data (write) and read bounds, with its index."""
-        write = write_roi.intersect(self.data_roi)
-        bounds = self.read_bounds if self.read_bounds is not None else self.data_roi
+        """The block daisy handed out, cut to the data (write) and read bounds, with its index.
+
+        Plain integer arithmetic: this runs for every block of every stage, and
+        funlib's ``Roi`` operations cost more than a no-op block's scheduling.
+        """
+        data_begin, data_end, read_begin, read_end, step, grid = self._bounds
+        write = _clip(write_roi, data_begin, data_end)
+        index = 0
+        if grid is not None:
+            position = []
+            for b, d, s in zip(write.begin, data_begin, step, strict=True):
+                if (b - d) % s:
+                    raise ValueError(f"write ROI {write_roi} is not aligned to the block grid")
+                position.append((b - d) // s)
+            index = (position[0] * grid[1] + position[1]) * grid[2] + position[2]
+        return StageBlock(stage, index, _clip(read_roi, read_begin, read_end), write, level)
+
+    @cached_property
+    def _bounds(
+        self,
+    ) -> tuple[
+        tuple[int, ...],
+        tuple[int, ...],
+        tuple[int, ...],
+        tuple[int, ...],
+        tuple[int, ...],
+        tuple[int, ...] | None,
+    ]:
+        """Data and read bounds (begin, end), block step (nm) and grid shape, as plain ints."""
+        read = self.read_bounds if self.read_bounds is not None else self.data_roi
         grid = self.grid
-        index = 0 if grid is None else grid.block_index(write)
-        return StageBlock(stage, index, read_roi.intersect(bounds), write, level)
+        step = (1, 1, 1) if grid is None else tuple(int(s) for s in grid.block_shape_nm)
+        return (
+            tuple(int(b) for b in self.data_roi.begin),
+            tuple(int(e) for e in self.data_roi.end),
+            tuple(int(b) for b in read.begin),
+            tuple(int(e) for e in read.end),
+            step,
+            None if grid is None else tuple(int(g) for g in grid.grid_shape),
+        )
 
     def coarsened(self, level: int) -> Tiling:
         """The tiling of octree level ``level``: ``2**level`` blocks per axis, no context."""
@@ -108,6 +143,17 @@ class Tiling:
         for b, c in zip(self.block_shape_vx, self.context_vx, strict=True):
             total *= b + 2 * c
         return total
+
+
+def _clip(roi: Roi, begin: tuple[int, ...], end: tuple[int, ...]) -> Roi:
+    """``roi`` cut to the box ``[begin, end)`` (``roi`` itself when it lies inside)."""
+    lo = tuple(max(int(r), b) for r, b in zip(roi.begin, begin, strict=True))
+    hi = tuple(min(int(r) + int(s), e) for r, s, e in zip(roi.begin, roi.shape, end, strict=True))
+    if lo == tuple(roi.begin) and all(
+        h == int(r) + int(s) for h, r, s in zip(hi, roi.begin, roi.shape, strict=True)
+    ):
+        return roi
+    return Roi(lo, tuple(max(h - lo_, 0) for lo_, h in zip(lo, hi, strict=True)))
 
 
 @dataclass(frozen=True)

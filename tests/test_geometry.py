@@ -55,3 +55,37 @@ def test_ids_must_fit_uint64() -> None:
 def test_unaligned_write_roi() -> None:
     with pytest.raises(ValueError, match=r"not aligned"):
         grid().block_index(Roi((105, 0, 0), (80, 80, 40)))
+
+
+def test_tiling_block_cuts_and_indexes_like_funlib() -> None:
+    # Tiling.block uses plain integers; funlib's Roi operations are the reference
+    from blockwise.stage import Tiling
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        voxel = Coordinate(rng.integers(1, 9, size=3).tolist())
+        begin = Coordinate(rng.integers(-5, 5, size=3).tolist()) * voxel
+        shape_vx = Coordinate(rng.integers(5, 60, size=3).tolist())
+        data = Roi(begin, shape_vx * voxel)
+        block_vx = Coordinate(rng.integers(2, 20, size=3).tolist())
+        context_vx = Coordinate(rng.integers(0, 4, size=3).tolist())
+        bounds = None
+        if rng.random() < 0.5:
+            grow = context_vx * voxel
+            bounds = data.grow(grow, grow)
+        tiling = Tiling(data, voxel, block_vx, context_vx, bounds)
+        grid = tiling.grid
+        assert grid is not None
+        context = tiling.context_nm
+        for index, write in enumerate(grid.write_rois()):
+            full_write = Roi(write.begin, block_vx * voxel)
+            read = full_write.grow(context, context)
+            block = tiling.block("s", read, full_write)
+            assert block.index == index == grid.block_index(write)
+            assert block.write_roi == full_write.intersect(data) == write
+            assert block.read_roi == read.intersect(bounds if bounds is not None else data)
+        whole = Tiling(data, voxel)
+        block = whole.block("s", data, data)
+        assert (block.index, block.read_roi, block.write_roi) == (0, data, data)
+    with pytest.raises(ValueError, match="not aligned"):
+        tiling.block("s", data, Roi(data.begin + voxel, block_vx * voxel))

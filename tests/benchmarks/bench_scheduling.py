@@ -1,0 +1,313 @@
+"""Benchmark: what blockwise's scheduling costs per block, against bare daisy 2.0.
+
+Two measurements, each run in its own subprocess (so that each driver's CPU
+time and peak memory are its own):
+
+1. **Overhead per block** (``--blocks``, default 1000 and 4000): a run of one
+   no-op stage over N blocks with W local workers,
+
+   * ``blockwise``: ``blockwise.runner.run`` of a config whose only stage is
+     a no-op (its block function returns at once). Everything else is the
+     code a real run executes: the checks and state of ``prepare``, the daisy
+     task ``blockwise.tasks`` builds (done markers, timeout, retries), the local
+     profile's watched worker processes running the worker program, and per
+     block ``StageWorker``'s failure records and per-block time log;
+   * ``daisy``: bare daisy 2.0 with the same blocks and workers: one
+     ``daisy.Task`` with a 1-argument no-op ``process_function`` (daisy's own
+     worker subprocesses), ``tracking_path`` set as blockwise sets it, run
+     with ``daisy.run_blockwise``.
+
+   Printed: wall seconds for each N, the per-block cost (the slope between
+   the two sizes, which leaves out the fixed start-up) and the fixed cost
+   (intercept), and blockwise / daisy for both. Target: per-block ratio <= 1.2.
+
+2. **A 10^5-block run** (``--driver-blocks``, default 100000): the blockwise
+   no-op run alone, measuring the driver's own CPU seconds (``getrusage`` of
+   the driver process: its Python thread and daisy's scheduler threads, not
+   the workers), their share of the wall time, CPU per block and the driver's
+   peak RSS. With no-op blocks the workers do nothing but ask for blocks, so
+   this is the driver's busiest case; for blocks of T seconds on W workers
+   the driver's share of a core is about ``cpu_per_block * W / T``, printed
+   for T = 1 s and 10 s. Target: < 5 % of a core while workers are busy.
+
+The no-op stage is the module ``noop_stage`` written into the scratch
+directory; a ``sitecustomize`` there makes it the only entry of the stage
+registry in the driver and in every worker (the registry is otherwise the
+library's own; nothing in ``blockwise/`` knows about this benchmark).
+
+    python tests/benchmarks/bench_scheduling.py [--blocks 1000 4000]
+        [--driver-blocks 100000] [--workers 2] [--json PATH] [--skip-driver]
+
+The machine is shared and noisy: compare numbers of one invocation only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: one block is one output chunk of BLOCK^3 voxels (the config's minimum sensible block)
+BLOCK = 4
+
+NOOP_STAGE = '''
+"""A stage whose blocks do nothing (bench_scheduling.py)."""
+from funlib.geometry import Coordinate
+
+from blockwise.stage import Stage, Tiling, single_function
+
+
+def tiling(ctx):
+    cfg = ctx.config.extract_fragments
+    return Tiling(ctx.data_roi, ctx.voxel_size, Coordinate(cfg.block_shape_vx))
+
+
+def noop(ctx, block):
+    del ctx, block
+
+
+def noop_block(block):
+    """bare daisy's 1-argument block function"""
+    del block
+
+
+STAGE = Stage(name="noop", sections=(), upstream=(), tiling=tiling, setup=single_function(noop))
+'''
+
+SITECUSTOMIZE = """
+import os
+if os.environ.get("BENCH_NOOP_REGISTRY"):
+    import blockwise.stages as _stages
+    _stages.STAGE_MODULES.clear()
+    _stages.STAGE_MODULES["noop"] = "noop_stage"
+"""
+
+
+def grid_for(blocks: int) -> tuple[int, int, int]:
+    """A block grid of about ``blocks`` blocks (z, y, x), close to a cube."""
+    side = round(blocks ** (1 / 3))
+    z = max(1, round(blocks / (side * side)))
+    return (z, side, side)
+
+
+def prepare_inputs(work: Path, grid: tuple[int, int, int]) -> Path:
+    """A uint8 affinities zarr covering ``grid`` blocks (values irrelevant: nothing reads them)."""
+    import numpy as np
+    import zarr
+
+    shape = tuple(g * BLOCK for g in grid)
+    path = work / f"affs_{'x'.join(map(str, grid))}.zarr"
+    if not path.exists():
+        root = zarr.open_group(str(path), mode="w")
+        affs = root.create_dataset(
+            "affs",
+            shape=(3, *shape),
+            chunks=(3, *(min(s, 64) for s in shape)),
+            dtype="uint8",
+        )
+        affs[:] = np.full((3, *shape), 200, dtype=np.uint8)
+        affs.attrs["resolution"] = [1, 1, 1]
+        affs.attrs["offset"] = [0, 0, 0]
+    return path
+
+
+def write_config(work: Path, name: str, affs: Path, workers: int) -> Path:
+    import yaml
+
+    config = {
+        "name": name,
+        "run_dir": str(work / name),
+        "inputs": {"affinities": {"file": str(affs), "dataset": "affs"}, "voxel_size": [1, 1, 1]},
+        "output": {"chunk_shape_vx": [BLOCK] * 3},
+        "extract_fragments": {"block_shape_vx": [BLOCK] * 3, "context_vx": [0, 0, 0]},
+        "agglomerate": {"context_vx": [1, 1, 1]},
+        "segments": {"thresholds": [0.5]},
+        "evaluate": {"enabled": False},
+        "execution": {"num_workers": workers},
+    }
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def child_blockwise(config_path: str) -> dict[str, Any]:
+    """Run the no-op stage through blockwise's runner in this process (the driver)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from blockwise.config import load_config
+    from blockwise.runner import run
+
+    config = load_config(config_path)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.monotonic()
+    result = run(config, progress=False)
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    (stage,) = result.stages
+    if not result.ok or stage.done != stage.total:
+        raise RuntimeError(f"the no-op run did not finish: {result.summary()}")
+    return {
+        "blocks": stage.total,
+        "wall_s": wall,
+        "driver_cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "driver_peak_rss_mib": after.ru_maxrss / 1024,
+    }
+
+
+def child_daisy(config_path: str) -> dict[str, Any]:
+    """The same blocks and workers with bare daisy 2.0 (no blockwise code in the loop)."""
+    import daisy.v2 as daisy
+    import yaml
+    import zarr
+    from funlib.geometry import Coordinate, Roi
+    from noop_stage import noop_block
+
+    config = yaml.safe_load(Path(config_path).read_text())
+    affs = zarr.open_group(config["inputs"]["affinities"]["file"], mode="r")["affs"]
+    total = Roi((0, 0, 0), affs.shape[1:])
+    block = Roi((0, 0, 0), Coordinate([BLOCK] * 3))
+    run_dir = Path(config["run_dir"])
+    task = daisy.Task(
+        "noop",
+        total_roi=total,
+        read_roi=block,
+        write_roi=block,
+        process_function=noop_block,
+        read_write_conflict=False,
+        fit="shrink",
+        max_workers=config["execution"]["num_workers"],
+        max_retries=2,
+        timeout=600,
+        tracking_path=str(run_dir / "tracking"),
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.monotonic()
+    states = daisy.run_blockwise([task], progress=False, summary=False, return_states=True)
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    state = states["noop"]
+    if int(state.completed_count) != int(state.total_block_count):
+        raise RuntimeError(f"bare daisy did not finish: {state}")
+    return {
+        "blocks": int(state.total_block_count),
+        "wall_s": wall,
+        "driver_cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "driver_peak_rss_mib": after.ru_maxrss / 1024,
+    }
+
+
+def measure(work: Path, kind: str, blocks: int, workers: int, tag: str) -> dict[str, Any]:
+    """One run in a subprocess; returns what it measured."""
+    grid = grid_for(blocks)
+    affs = prepare_inputs(work, grid)
+    config = write_config(work, f"{kind}_{tag}", affs, workers)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(work), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["BENCH_NOOP_REGISTRY"] = "1"
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} run of {blocks} blocks failed:\n{out.stdout}\n{out.stderr}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["grid"] = list(grid)
+    return result
+
+
+def fit(small: dict[str, Any], large: dict[str, Any]) -> tuple[float, float]:
+    """Per-block seconds (slope) and fixed seconds (intercept) through two runs."""
+    per_block = (large["wall_s"] - small["wall_s"]) / (large["blocks"] - small["blocks"])
+    return per_block, small["wall_s"] - per_block * small["blocks"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, nargs=2, default=[1000, 4000])
+    parser.add_argument("--driver-blocks", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip-driver", action="store_true", help="only the overhead runs")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        kind, config = args.child
+        result = child_blockwise(config) if kind == "blockwise" else child_daisy(config)
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+
+    report: dict[str, Any] = {"workers": args.workers, "overhead": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_scheduling_") as tmp:
+        work = Path(tmp)
+        (work / "noop_stage.py").write_text(NOOP_STAGE)
+        (work / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        runs: dict[str, list[dict[str, Any]]] = {"blockwise": [], "daisy": []}
+        # interleaved, so that load on the shared machine hits both alike
+        for n in args.blocks:
+            for kind in ("daisy", "blockwise"):
+                r = measure(work, kind, n, args.workers, f"{n}")
+                runs[kind].append(r)
+                print(
+                    f"{kind:9s} {r['blocks']:7d} blocks: {r['wall_s']:7.2f} s wall, "
+                    f"driver CPU {r['driver_cpu_s']:6.2f} s, peak RSS "
+                    f"{r['driver_peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
+        slopes = {k: fit(*v) for k, v in runs.items()}
+        for kind, (per_block, fixed) in slopes.items():
+            print(f"{kind:9s} per block {1e3 * per_block:6.2f} ms, fixed {fixed:5.2f} s")
+        ratio = slopes["blockwise"][0] / slopes["daisy"][0]
+        fixed_ratio = slopes["blockwise"][1] / max(slopes["daisy"][1], 1e-9)
+        largest = runs["blockwise"][-1]["wall_s"] / runs["daisy"][-1]["wall_s"]
+        print(
+            f"blockwise / daisy: per block {ratio:.2f}x (target <= 1.2), fixed {fixed_ratio:.2f}x, "
+            f"wall at {args.blocks[1]} blocks {largest:.2f}x"
+        )
+        report["overhead"] = {
+            "runs": runs,
+            "per_block_ms": {k: 1e3 * v[0] for k, v in slopes.items()},
+            "fixed_s": {k: v[1] for k, v in slopes.items()},
+            "per_block_ratio": ratio,
+            "wall_ratio_largest": largest,
+        }
+
+        if not args.skip_driver:
+            r = measure(work, "blockwise", args.driver_blocks, args.workers, "driver")
+            per_block = r["driver_cpu_s"] / r["blocks"]
+            share = r["driver_cpu_s"] / r["wall_s"]
+            print(
+                f"blockwise {r['blocks']} no-op blocks, {args.workers} workers: "
+                f"{r['wall_s']:.1f} s wall, driver CPU {r['driver_cpu_s']:.1f} s = "
+                f"{1e3 * per_block:.3f} ms per block, "
+                f"{100 * share:.1f} % of a core over the run; peak RSS "
+                f"{r['driver_peak_rss_mib']:.0f} MiB"
+            )
+            for seconds in (1.0, 10.0):
+                busy = per_block * args.workers / seconds
+                print(
+                    f"  with {seconds:g} s blocks on {args.workers} workers the driver would use "
+                    f"{100 * busy:.2f} % of a core (target < 5 %)"
+                )
+            r["driver_cpu_ms_per_block"] = 1e3 * per_block
+            r["driver_core_share"] = share
+            report["driver"] = r
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
