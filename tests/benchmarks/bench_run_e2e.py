@@ -14,6 +14,11 @@ afterwards, outside the timings):
 * ``waterz``: ``waterz.agglomerate`` (0.10.1, mean affinity) on the whole
   array, reading the same HDF5 file, no writing.
 
+Printed per run of ``blockwise run``: where its time went, per stage (from
+its ``summary.json``: the stage's wall time, its blocks' summed time, and
+the wait before its first block, which is worker start-up where it could not
+overlap the stage before).
+
 Printed per method: wall seconds (the subprocess's, reading and writing
 included), MVox/s, peak RSS (``ru_maxrss`` of the process tree's largest
 process), and VOI split / merge and adapted Rand on z >= 125 at each
@@ -115,6 +120,50 @@ def segmentations(run_dir: Path) -> list[np.ndarray]:
     return [root[RunLayout.segmentation_dataset(t)][:] for t in THRESHOLDS]
 
 
+def stage_breakdown(run_dir: Path) -> list[dict[str, Any]]:
+    """Per stage, from the run's summary.json: where its wall time went.
+
+    ``wall_s`` runs from the stage's first block starting to its last ending;
+    ``block_s`` sums its blocks' times (compute and I/O inside blocks);
+    ``wait_s`` is the time from the previous stage's end (the run's start for
+    the first) to this stage's first block: worker start-up and setup where
+    the stage could not overlap its upstream.
+    """
+    summary = json.loads((run_dir / "summary.json").read_text())
+    per_stage: dict[str, float] = {}
+    for block in summary["blocks"]:
+        per_stage[block["stage"]] = per_stage.get(block["stage"], 0.0) + (
+            block["end_s"] - block["start_s"]
+        )
+    rows = []
+    previous_end = 0.0
+    for stage in summary["stages"]:
+        start, end = stage["start_s"], stage["end_s"]
+        if start is None or end is None:
+            continue
+        rows.append(
+            {
+                "stage": stage["name"],
+                "blocks": stage["done"],
+                "workers": stage["workers"],
+                "wall_s": round(end - start, 2),
+                "block_s": round(per_stage.get(stage["name"], 0.0), 2),
+                "wait_s": round(max(start - previous_end, 0.0), 2),
+            }
+        )
+        previous_end = max(previous_end, end)
+    return rows
+
+
+def print_breakdown(name: str, rows: list[dict[str, Any]]) -> None:
+    print(f"  {name} per stage: wall s / summed block s / wait before its first block s")
+    for r in rows:
+        print(
+            f"    {r['stage']:<20}{r['blocks']:>4} blocks {r['workers']} workers "
+            f"{r['wall_s']:7.2f} {r['block_s']:8.2f} {r['wait_s']:6.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the results here")
@@ -153,6 +202,8 @@ def main() -> None:
             results[name] = {"seconds": round(wall, 2), "mvox_per_s": round(mvox / wall, 3)}
             rate = mvox / wall
             print(f"{name:>12}: {wall:7.1f} s  {rate:6.2f} MVox/s  (peak RSS {peak:.0f} MiB)")
+            results[name]["stages"] = stage_breakdown(work / name)
+            print_breakdown(name, results[name]["stages"])
         if "waterz" not in args.skip:
             out = work / "waterz.zarr"
             script = [sys.executable, "-c", WATERZ, str(data / "fib25_baseline_affs.h5"), str(out)]
