@@ -17,24 +17,48 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from blockwise.kernels.relabel import relabel_sorted, unique_nonzero
+
 # a fragment is "covered" by the basin holding more than this share of its voxels
 MIN_COVERAGE = 0.5
 # the merge score stored for the halves of a cut basin: below every threshold,
 # and distinguishable from a scored merge (scores are never negative)
 CUT_MERGE_SCORE = -1.0
+# (fragment, basin) pairs counted in a dense table up to this many cells (8 bytes each)
+PAIR_TABLE_LIMIT = 1 << 24
 
 
 def _dominant(
     fragments: NDArray[np.uint64], basins: NDArray[np.uint64], wanted: NDArray[np.uint64]
 ) -> NDArray[np.uint64]:
-    """The basin covering each of the ``wanted`` (sorted, unique) fragments, 0 if none does."""
-    f = fragments.ravel()
-    voxels = np.flatnonzero(np.isin(f, wanted))
-    f_index = np.searchsorted(wanted, f[voxels])
-    b = basins.ravel()[voxels]
-    basin_ids, b_index = np.unique(b, return_inverse=True)
-    num_basins = max(len(basin_ids), 1)
-    keys, counts = np.unique(f_index * num_basins + b_index, return_counts=True)
+    """The basin covering each of the ``wanted`` (sorted, unique) fragments, 0 if none does.
+
+    Ids become dense indices through the relabel kernel (no sort of the
+    voxels), and (fragment, basin) overlaps are counted with one ``bincount``
+    where the table of pairs is small enough; the result equals counting with
+    ``np.unique`` (``tests/test_stitching.py`` compares the two).
+    """
+    f = np.ascontiguousarray(fragments).reshape(-1)
+    present = unique_nonzero(f)
+    at = np.minimum(np.searchsorted(wanted, present), max(len(wanted) - 1, 0))
+    is_wanted = wanted[at] == present if len(wanted) else np.zeros(len(present), dtype=bool)
+    # wanted fragment k -> k + 1, every other id -> 0
+    dense = np.where(is_wanted, at + 1, 0).astype(np.uint64)
+    f_dense = relabel_sorted(f, present, dense)
+    voxels = np.flatnonzero(f_dense)
+    f_index = (f_dense[voxels] - np.uint64(1)).astype(np.int64)
+    b = np.ascontiguousarray(basins).reshape(-1)[voxels]
+    basin_ids = np.concatenate([np.zeros(1, dtype=np.uint64), unique_nonzero(b)])
+    # basin 0 (unflooded) keeps index 0, basin basin_ids[k] gets index k
+    b_index = relabel_sorted(b, basin_ids[1:], np.arange(1, len(basin_ids), dtype=np.uint64))
+    num_basins = len(basin_ids)
+    key = f_index * num_basins + b_index.astype(np.int64)
+    if len(wanted) * num_basins <= PAIR_TABLE_LIMIT:
+        table = np.bincount(key, minlength=len(wanted) * num_basins)
+        keys = np.flatnonzero(table)
+        counts = table[keys]
+    else:
+        keys, counts = np.unique(key, return_counts=True)
     pair_fragment, pair_basin = keys // num_basins, keys % num_basins
     sizes = np.bincount(f_index, minlength=len(wanted))
     # the largest pair of each fragment: sort by (fragment, count) and take the last
@@ -71,8 +95,11 @@ def _pairs_across_blocks(
     v = np.concatenate(vs)
     if u.size == 0:
         return u, v
-    pairs = np.unique(np.stack([u, v], axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1]
+    # distinct pairs in (u, v) order, through dense indices (np.unique(axis=0) is slow)
+    ids = np.unique(np.concatenate([u, v]))
+    n = len(ids)
+    keys = np.unique(np.searchsorted(ids, u).astype(np.int64) * n + np.searchsorted(ids, v))
+    return ids[keys // n], ids[keys % n]
 
 
 def cut_pairs(

@@ -102,3 +102,51 @@ def test_cut_pairs_are_halves_of_one_basin_across_a_block_face() -> None:
     edges_u = np.array([1, 7, 101, 102], dtype=np.uint64)
     edges_v = np.array([101, 101, 102, 201], dtype=np.uint64)
     assert is_pair(edges_u, edges_v, (u, v)).tolist() == [True, True, False, True]
+
+
+def _dominant_by_counting(
+    fragments: np.ndarray, basins: np.ndarray, wanted: np.ndarray
+) -> np.ndarray:
+    """Slow reference: count every (fragment, basin) overlap voxel by voxel in a dict."""
+    from blockwise.stitching import MIN_COVERAGE
+
+    overlap: dict[tuple[int, int], int] = {}
+    sizes: dict[int, int] = {}
+    keep = set(wanted.tolist())
+    for f, b in zip(fragments.ravel().tolist(), basins.ravel().tolist(), strict=True):
+        if f in keep:
+            overlap[f, b] = overlap.get((f, b), 0) + 1
+            sizes[f] = sizes.get(f, 0) + 1
+    dominant = np.zeros(len(wanted), dtype=np.uint64)
+    for k, f in enumerate(wanted.tolist()):
+        counts = {b: c for (g, b), c in overlap.items() if g == f}
+        if counts:
+            b, c = max(counts.items(), key=lambda item: item[1])
+            if c > MIN_COVERAGE * sizes[f]:
+                dominant[k] = b
+    return dominant
+
+
+@pytest.mark.parametrize("table_limit", [1 << 24, 16])
+def test_dominant_basin_equals_counting_voxel_by_voxel(
+    table_limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the dense bincount table and the np.unique fallback (a tiny limit) alike
+    from blockwise import stitching
+
+    monkeypatch.setattr(stitching, "PAIR_TABLE_LIMIT", table_limit)
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        shape = tuple(rng.integers(3, 12, size=3).tolist())
+        # blocky fragments with large ids, some background; basins that mostly agree
+        fragments = rng.integers(0, 8, size=shape).astype(np.uint64)
+        fragments[fragments > 0] += np.uint64(2**40 + 1000 * trial)
+        basins = np.where(
+            rng.random(shape) < 0.7, fragments % np.uint64(5), rng.integers(0, 6, size=shape)
+        ).astype(np.uint64)
+        present = np.unique(fragments[fragments != 0])
+        if present.size == 0:
+            continue
+        wanted = np.sort(rng.choice(present, size=max(1, present.size // 2), replace=False))
+        expected = _dominant_by_counting(fragments, basins, wanted)
+        assert np.array_equal(stitching._dominant(fragments, basins, wanted), expected), trial

@@ -111,6 +111,17 @@ def consecutive(array: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], int]:
     return relabel(array, ids, new_ids), int(ids.size)
 
 
+def unique_nonzero(array: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """The distinct non-zero ids of ``array``, increasing (``np.unique`` without 0, faster
+    on label volumes: runs of one id are skipped before the sort).
+
+    Raises:
+        ValueError: if ``array`` is not uint64.
+    """
+    _check_uint64("array", array)
+    return _relabel.unique_nonzero(np.ascontiguousarray(array).reshape(-1))
+
+
 def first_occurrences(array: NDArray[np.uint64]) -> NDArray[np.uint64]:
     """List the distinct non-zero ids of ``array`` in the order of their first voxel.
 

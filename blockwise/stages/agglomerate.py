@@ -28,6 +28,7 @@ from blockwise.fragments import fragments_for_config
 from blockwise.geometry import roi_slices
 from blockwise.hierarchy_files import octree_of, save_leaf, save_seams
 from blockwise.kernels.region_merging import merge_regions
+from blockwise.kernels.relabel import unique_nonzero
 from blockwise.run_context import RunContext
 from blockwise.scoring import scoring_from_config
 from blockwise.stage import BlockFunction, Stage, StageBlock, Tiling
@@ -118,8 +119,9 @@ def measure_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
     block_u = ctx.fragment_ids.block_of_id(stats.u)
     block_v = ctx.fragment_ids.block_of_id(stats.v)
     octree = octree_of(ctx)
-    own_ids = np.unique(fragments[roi_slices(block.write_roi, block.read_roi, ctx.voxel_size)])
-    own_ids = own_ids[own_ids != 0].astype(np.uint64)
+    own_ids = unique_nonzero(
+        np.ascontiguousarray(fragments[roi_slices(block.write_roi, block.read_roi, ctx.voxel_size)])
+    )
     touching = (block_u == block.index) | (block_v == block.index)
     edge_levels = octree.lca_level(block_u[touching], block_v[touching])
     levels = np.zeros(own_ids.size, dtype=np.int64)
