@@ -30,22 +30,39 @@ logger = logging.getLogger(__name__)
 NAME = "extract_fragments"
 
 
-def fragment_nodes(fragments: np.ndarray, roi: Roi, voxel_size: tuple[int, ...]) -> NodeTable:
-    """Nodes (id, centre in nm, size) of the non-zero fragments of an array covering ``roi``.
+def fragment_nodes(
+    labels: np.ndarray, count: int, first_id: int, roi: Roi, voxel_size: tuple[int, ...]
+) -> NodeTable:
+    """Nodes (id, centre in nm, size) of the fragments of an array covering ``roi``.
+
+    Args:
+        labels: the block's fragments numbered 1..``count`` (0: none), as
+            :func:`~blockwise.kernels.relabel.consecutive` returns them; label
+            ``k`` is fragment id ``first_id + k - 1``.
+        count: the number of fragments.
+        first_id: the id of label 1.
+        roi: the region ``labels`` covers, nm.
+        voxel_size: nm per voxel.
 
     The centre is the mean of the fragment's voxel offsets in world units.
     """
-    flat = fragments.ravel()
-    ids, inverse, sizes = np.unique(flat, return_inverse=True, return_counts=True)
-    coords = np.indices(fragments.shape).reshape(3, -1)
-    centers = np.stack(
-        [np.bincount(inverse, weights=c, minlength=len(ids)) / sizes for c in coords], axis=1
-    )
+    flat = labels.ravel().astype(np.intp)
+    sizes = np.bincount(flat, minlength=count + 1)
+    centers = np.empty((count + 1, 3), dtype=np.float64)
+    for axis, extent in enumerate(labels.shape):
+        # the coordinate along one axis, broadcast: no (3, voxels) index array
+        shape = [1] * labels.ndim
+        shape[axis] = extent
+        coordinate = np.broadcast_to(
+            np.arange(extent, dtype=np.float64).reshape(shape), labels.shape
+        ).ravel()
+        centers[:, axis] = np.bincount(flat, weights=coordinate, minlength=count + 1)
+    centers = centers[1:] / sizes[1:, None]
     centers = centers * np.asarray(voxel_size, dtype=np.float64) + np.asarray(
         roi.begin, dtype=np.float64
     )
-    keep = ids != 0
-    return NodeTable(ids[keep].astype(np.uint64), centers[keep], sizes[keep].astype(np.int64))
+    ids = np.arange(first_id, first_id + count, dtype=np.uint64)
+    return NodeTable(ids, centers, sizes[1:].astype(np.int64))
 
 
 def extract_block(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, NodeTable]:
@@ -56,12 +73,13 @@ def extract_block(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, NodeT
         ctx.config.extract_fragments,
         ctx.read_mask(block.read_roi),
     )
-    cropped, _ = consecutive(
+    cropped, count = consecutive(
         np.ascontiguousarray(local[roi_slices(block.write_roi, block.read_roi, ctx.voxel_size)])
     )
     id_range = ctx.fragment_ids.id_range(block.index)
     fragments = np.where(cropped != 0, cropped + np.uint64(id_range.first - 1), np.uint64(0))
-    return fragments.astype(np.uint64), fragment_nodes(fragments, block.write_roi, ctx.voxel_size)
+    nodes = fragment_nodes(cropped, count, id_range.first, block.write_roi, ctx.voxel_size)
+    return fragments.astype(np.uint64), nodes
 
 
 def process_block(ctx: RunContext, block: StageBlock) -> None:
