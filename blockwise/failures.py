@@ -3,17 +3,37 @@
 A worker writes one JSON file per failed block (stage, block index, ROIs,
 traceback) into the run directory and removes it when a retry of the block
 succeeds, so the driver's summary lists exactly the blocks that stayed failed.
+
+A block that failed because the disk is full usually cannot write a record
+either. For those, each run starts with ``failures/reserved/disk_full.slots``:
+:data:`SLOTS` fixed slots of :data:`SLOT_BYTES`, their disk blocks allocated
+while there is space; a worker writes the record (without its traceback) into
+a free slot under an exclusive ``flock``, which needs no new disk block.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from funlib.geometry import Roi
 
+from blockwise.errors import DiskFullError, as_disk_full
+
 FAILURES_DIR = "failures"
+#: how the error of a block that failed for lack of disk space starts
+DISK_FULL_PREFIX = "disk full: "
+#: the file of reserved slots for records of blocks that failed on a full disk
+SLOTS_FILE = "disk_full.slots"
+#: bytes per slot (one JSON record, zero-padded) and slots per run
+SLOT_BYTES = 1024
+SLOTS = 256
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,28 +66,155 @@ def record_failure(
     """Write (replace) the failure record of one block.
 
     ``is_deterministic`` marks errors that a retry would only repeat (bad input
-    values, a corrupt chunk); a retry of such a block fails at once.
+    values, a corrupt chunk); a retry of such a block fails at once. A
+    :class:`~blockwise.errors.DiskFullError` is recorded as ``disk full: PATH``.
+
+    Raises:
+        DiskFullError: if the record itself cannot be written for lack of space
+            (no partial record or temporary file is left behind).
     """
     path = _path(run_dir, stage, block_index)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    message = f"{type(error).__name__}: {error}"
+    if isinstance(error, DiskFullError):
+        message = f"{DISK_FULL_PREFIX}{error.path}"
     record = BlockFailure(
         stage,
         block_index,
         str(read_roi),
         str(write_roi),
-        f"{type(error).__name__}: {error}",
+        message,
         traceback,
         is_deterministic,
     )
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=1))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(asdict(record), indent=1))
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        full = as_disk_full(e, path)
+        if full is None:
+            raise
+        if isinstance(error, DiskFullError) and _write_slot(run_dir, record):
+            return
+        raise DiskFullError(path, full.reason) from None
+
+
+def _slots_path(run_dir: Path) -> Path:
+    # in a folder of its own: not a record of one block (readers list files)
+    return run_dir / FAILURES_DIR / "reserved" / SLOTS_FILE
+
+
+def _encode_slot(record: BlockFailure) -> bytes | None:
+    """A record (without its traceback) as one slot's bytes; None if it cannot fit."""
+    data = json.dumps(asdict(record) | {"traceback": ""}).encode()
+    return data if len(data) < SLOT_BYTES else None
+
+
+def _decode_slot(data: bytes) -> BlockFailure | None:
+    """The record a slot holds (None if it is empty, or not a whole record)."""
+    text = data.rstrip(b"\0")
+    if not text:
+        return None
+    try:
+        return BlockFailure(**json.loads(text))
+    except (ValueError, TypeError):
+        return None
+
+
+def reserve_slots(run_dir: Path) -> None:
+    """Give this run empty slots for records of blocks that fail on a full disk.
+
+    Raises:
+        DiskFullError: if the disk cannot hold them (it is full already).
+    """
+    path = _slots_path(run_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:  # truncated: every slot empty (zero bytes)
+            os.posix_fallocate(f.fileno(), 0, SLOTS * SLOT_BYTES)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        full = as_disk_full(e, path)
+        if full is None:
+            raise
+        raise DiskFullError(path, full.reason) from None
+
+
+def _update_slots(run_dir: Path, stage: str, block_index: int, record: BlockFailure | None) -> bool:
+    """Put ``record`` into the block's slot (or a free one), or empty the block's slot.
+
+    Returns:
+        False if there is no slot file, or no free slot.
+    """
+    try:
+        fd = os.open(_slots_path(run_dir), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        data = os.pread(fd, SLOTS * SLOT_BYTES, 0)
+        free = None
+        for slot in range(len(data) // SLOT_BYTES):
+            held = _decode_slot(data[slot * SLOT_BYTES : (slot + 1) * SLOT_BYTES])
+            if held is None:
+                free = slot if free is None else free
+            elif (held.stage, held.block_index) == (stage, block_index):
+                free = slot
+                break
+        if free is None:
+            return False
+        if record is None:
+            if _decode_slot(data[free * SLOT_BYTES : (free + 1) * SLOT_BYTES]) is not None:
+                os.pwrite(fd, bytes(SLOT_BYTES), free * SLOT_BYTES)
+            return True
+        encoded = _encode_slot(record)
+        if encoded is None:
+            return False
+        # the slot's blocks are allocated: this write needs no free space
+        os.pwrite(fd, encoded.ljust(SLOT_BYTES, b"\0"), free * SLOT_BYTES)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _write_slot(run_dir: Path, record: BlockFailure) -> bool:
+    """Record a disk-full failure in a reserved slot; False (and logged) if none is left."""
+    try:
+        written = _update_slots(run_dir, record.stage, record.block_index, record)
+    except OSError as e:
+        logger.error(
+            "cannot record %s block %d in a reserved slot: %s", record.stage, record.block_index, e
+        )
+        return False
+    if not written:
+        logger.error(
+            "no reserved slot left to record %s block %d (%s)",
+            record.stage,
+            record.block_index,
+            record.error,
+        )
+    return written
+
+
+def _read_slots(run_dir: Path) -> list[BlockFailure]:
+    """The records in the reserved slots."""
+    path = _slots_path(run_dir)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    found = (_decode_slot(data[i : i + SLOT_BYTES]) for i in range(0, len(data), SLOT_BYTES))
+    return [f for f in found if f is not None]
 
 
 def read_failure(run_dir: Path, stage: str, block_index: int) -> BlockFailure | None:
-    """The failure record of one block, if there is one."""
+    """The failure record of one block, if there is one (a file, or a reserved slot)."""
     path = _path(run_dir, stage, block_index)
     if not path.is_file():
+        for held in _read_slots(run_dir):
+            if (held.stage, held.block_index) == (stage, block_index):
+                return held
         return None
     return BlockFailure(**json.loads(path.read_text()))
 
@@ -75,20 +222,29 @@ def read_failure(run_dir: Path, stage: str, block_index: int) -> BlockFailure | 
 def clear_failure(run_dir: Path, stage: str, block_index: int) -> None:
     """Remove the failure record of a block that has now succeeded."""
     _path(run_dir, stage, block_index).unlink(missing_ok=True)
+    if any((f.stage, f.block_index) == (stage, block_index) for f in _read_slots(run_dir)):
+        _update_slots(run_dir, stage, block_index, None)
 
 
 def clear_all(run_dir: Path) -> None:
-    """Forget every failure record (at the start of a run)."""
+    """Forget every failure record and reserve empty slots (at the start of a run).
+
+    Raises:
+        DiskFullError: if the disk cannot hold the reserved slots.
+    """
     root = run_dir / FAILURES_DIR
     if root.is_dir():
         for path in root.glob("*/*.json"):
             path.unlink()
+    reserve_slots(run_dir)
 
 
 def read_failures(run_dir: Path) -> list[BlockFailure]:
-    """Every recorded failure, ordered by stage and block."""
+    """Every recorded failure (files and reserved slots), ordered by stage and block."""
     root = run_dir / FAILURES_DIR
     failures = [
         BlockFailure(**json.loads(path.read_text())) for path in sorted(root.glob("*/*.json"))
     ]
+    filed = {(f.stage, f.block_index) for f in failures}
+    failures += [f for f in _read_slots(run_dir) if (f.stage, f.block_index) not in filed]
     return sorted(failures, key=lambda f: (f.stage, f.block_index))

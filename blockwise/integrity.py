@@ -19,6 +19,11 @@ there. Every run checks cheaply, before scheduling (:func:`repair_outputs`):
 * the graph store is the one the finished blocks wrote into: a token kept
   both in the store's meta and in ``RUN_DIR/integrity/store_token`` (a deleted
   or replaced store has none, or another), and it holds nodes at all;
+* the graph store still holds as many nodes and edges as when the last run
+  ended (two counts, ``RUN_DIR/integrity/store_counts.json``): if either
+  shrank, the store is compared with the fragments block by block (as
+  ``--verify`` does) to find the blocks that lost nodes, and edges lost
+  where that cannot place them re-run every agglomerate block;
 * the blocks ``status --verify`` found damaged (it records them).
 
 The markers of damaged blocks are cleared (daisy's tracking array), with
@@ -36,7 +41,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +55,7 @@ import numpy as np
 import zarr
 from funlib.geometry import Coordinate, Roi
 
-from blockwise.errors import ConfigError, InputError
+from blockwise.errors import ConfigError, DiskFullError, InputError, as_disk_full
 from blockwise.layout import AFFINITIES_DATASET, FRAGMENTS_DATASET, RunLayout
 from blockwise.run_context import RunContext
 from blockwise.stage import Stage, Tiling
@@ -62,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 INTEGRITY_DIR = "integrity"
 STORE_TOKEN_FILE = "store_token"
+STORE_COUNTS_FILE = "store_counts.json"
 VERIFIED_DAMAGE_FILE = "verified_damage.json"
 STORE_TOKEN_KEY = "integrity_token"
 # stages whose blocks write into the graph store (nodes, edges)
@@ -326,9 +336,114 @@ def clear_done(tracking_dir: Path, positions: list[tuple[int, ...]]) -> None:
         cells = np.frombuffer(path.read_bytes(), dtype=np.uint8).reshape(chunk).copy()
         for position in members:
             cells[tuple(p % c for p, c in zip(position, chunk, strict=True))] = 0
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(cells.tobytes())
-        tmp.replace(path)
+        write_atomic(path, cells.tobytes())
+
+
+def allocate_tracking(tracking_root: Path, allocated: set[Path] | None = None) -> list[Path]:
+    """Back every file of daisy's block tracking under ``tracking_root`` with disk blocks now.
+
+    daisy maps its done markers and failure counts into memory (one byte per
+    block) and stores a byte there when a block ends. A page of such a file
+    that no disk block backs yet needs one at that moment; on a full disk the
+    kernel has none to give and the driver dies of SIGBUS (no error, no
+    summary). Allocated while there is space, those pages never need one.
+    ``posix_fallocate`` keeps the files' bytes.
+
+    Args:
+        tracking_root: ``RUN_DIR/tracking``.
+        allocated: files allocated before (skipped, and the new ones are added).
+
+    Returns:
+        the files allocated by this call.
+
+    Raises:
+        DiskFullError: naming the file that could not be allocated.
+    """
+    seen = allocated if allocated is not None else set()
+    new: list[Path] = []
+    for path in sorted(tracking_root.rglob("*")) if tracking_root.is_dir() else []:
+        if path in seen or not path.is_file():
+            continue
+        try:
+            with open(path, "r+b") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:  # daisy has not sized it yet: look again later
+                    continue
+                os.posix_fallocate(f.fileno(), 0, size)
+        except FileNotFoundError:  # replaced (clear_done) or removed meanwhile
+            continue
+        except OSError as e:
+            full = as_disk_full(e, path)
+            if full is None:
+                raise
+            raise DiskFullError(path, full.reason) from None
+        seen.add(path)
+        new.append(path)
+    return new
+
+
+class TrackingGuard:
+    """Allocates daisy's tracking files while a run schedules (see :func:`allocate_tracking`).
+
+    On entering, the files of earlier runs are allocated (raising
+    :class:`DiskFullError` if the disk is already too full); a thread then
+    allocates the files daisy's scheduler creates as it starts. Should one of
+    those find the disk full, the run is stopped as by Ctrl-C (the next done
+    marker on that page would kill the driver) and :attr:`error` says why.
+
+    Args:
+        tracking_root: ``RUN_DIR/tracking``.
+    """
+
+    #: seconds between two looks for new files: often while daisy creates them
+    #: (as its scheduler starts), rarely after
+    FAST_POLL_S = 0.02
+    SLOW_POLL_S = 1.0
+    FAST_FOR_S = 3.0
+
+    def __init__(self, tracking_root: Path) -> None:
+        self.tracking_root = tracking_root
+        #: why the run was stopped, if it was
+        self.error: DiskFullError | None = None
+        self._allocated: set[Path] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="tracking-guard", daemon=True)
+
+    def start(self) -> None:
+        """Allocate the files there are, then watch for new ones.
+
+        Raises:
+            DiskFullError: if the disk is too full to allocate them.
+        """
+        allocate_tracking(self.tracking_root, self._allocated)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching (safe to call more than once, or before :meth:`start`)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self) -> TrackingGuard:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _watch(self) -> None:
+        started = time.monotonic()
+        while True:
+            fast = time.monotonic() - started < self.FAST_FOR_S
+            if self._stop.wait(self.FAST_POLL_S if fast else self.SLOW_POLL_S):
+                return
+            try:
+                allocate_tracking(self.tracking_root, self._allocated)
+            except DiskFullError as e:
+                logger.error("stopping the run: %s", e)
+                self.error = e
+                os.kill(os.getpid(), signal.SIGINT)
+                return
 
 
 # -- the manifest of what finished blocks wrote ----------------------------------------
@@ -356,18 +471,106 @@ def read_manifest(layout: RunLayout, stage: str) -> Manifest:
     return data
 
 
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``path`` through a temporary file and ``os.replace``: all of it or nothing.
+
+    Raises:
+        DiskFullError: if the disk is full (the temporary file is removed and
+            ``path`` keeps its old content).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        full = as_disk_full(e, path)
+        if full is None:
+            raise
+        raise DiskFullError(path, full.reason) from None
+
+
 def write_manifest(layout: RunLayout, stage: str, manifest: Manifest) -> None:
-    """Write a stage's manifest atomically."""
-    path = manifest_path(layout, stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, separators=(",", ":"), sort_keys=True))
-    tmp.replace(path)
+    """Write a stage's manifest atomically.
+
+    Raises:
+        DiskFullError: if the disk is full (the old manifest stays).
+    """
+    write_atomic(
+        manifest_path(layout, stage), json.dumps(manifest, separators=(",", ":"), sort_keys=True)
+    )
 
 
 def forget_stage(layout: RunLayout, stage: str) -> None:
     """Drop a stage's manifest (its markers and outputs are being cleared)."""
     manifest_path(layout, stage).unlink(missing_ok=True)
+    if stage in STORE_WRITERS:  # the store's rows go with it: its counts mean nothing now
+        (integrity_dir(layout) / STORE_COUNTS_FILE).unlink(missing_ok=True)
+
+
+def _record_store_counts(ctx: RunContext, stages: list[Stage]) -> None:
+    """Record how many nodes and edges the graph store holds (with its token) as a run ends."""
+    if not any(s.name in STORE_WRITERS for s in stages):
+        return
+    store = ctx.store
+    counts = {
+        "token": store.get_meta(STORE_TOKEN_KEY),
+        "nodes": store.count_nodes(),
+        "edges": store.count_edges(),
+    }
+    write_atomic(integrity_dir(ctx.layout) / STORE_COUNTS_FILE, json.dumps(counts) + "\n")
+
+
+def _check_store_counts(ctx: RunContext, checks: dict[str, _StageCheck]) -> None:
+    """Find finished blocks whose nodes or edges the store lost since the last run ended.
+
+    Two counts on every run; only when one shrank is the store compared with
+    the fragments block by block (:func:`_verify_graph`). Edges it cannot
+    place (a block that lost some but not all of its edges) re-run every
+    finished agglomerate block: a lost edge must never go unnoticed.
+    """
+    path = integrity_dir(ctx.layout) / STORE_COUNTS_FILE
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text())
+        nodes_before, edges_before = int(recorded["nodes"]), int(recorded["edges"])
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("ignoring unreadable %s", path)
+        return
+    store = ctx.store
+    if recorded.get("token") != store.get_meta(STORE_TOKEN_KEY):
+        return  # another store: the token check decides
+    nodes, edges = store.count_nodes(), store.count_edges()
+    if nodes >= nodes_before and edges >= edges_before:
+        return
+    logger.warning(
+        "graph store %s holds %d node(s) and %d edge(s), %d and %d when the last run ended: "
+        "comparing it with the fragments block by block",
+        store.uri,
+        nodes,
+        edges,
+        nodes_before,
+        edges_before,
+    )
+    agglomerate = checks.get("agglomerate")
+    placed = dict(agglomerate.damaged) if agglomerate is not None else {}
+    _verify_graph(ctx, checks)
+    if (
+        edges < edges_before
+        and agglomerate is not None
+        and agglomerate.done is not None
+        and agglomerate.done.any()
+        and agglomerate.damaged == placed
+    ):
+        agglomerate.damaged = {
+            ALL: f"graph store {store.uri} lost {edges_before - edges} of its "
+            f"{edges_before} edges since the last run ended"
+        }
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -547,6 +750,8 @@ def _checks(ctx: RunContext, stages: list[Stage], full: bool) -> dict[str, _Stag
         for name in STORE_WRITERS:
             if name in checks and checks[name].done is not None:
                 checks[name].damaged = {ALL: lost}
+    elif not full:
+        _check_store_counts(ctx, checks)
     if full:
         _verify_graph(ctx, checks)
     return checks
@@ -726,6 +931,9 @@ def repair_outputs(ctx: RunContext, stages: list[Stage]) -> list[str]:
     for message in messages:
         logger.warning("%s", message)
     (integrity_dir(ctx.layout) / VERIFIED_DAMAGE_FILE).unlink(missing_ok=True)
+    if any(checks[n].damaged for n in STORE_WRITERS if n in checks):
+        # the damaged blocks rewrite their rows: the counts are recorded anew at the end
+        (integrity_dir(ctx.layout) / STORE_COUNTS_FILE).unlink(missing_ok=True)
     _ensure_store_token(ctx, stages)
     return messages
 
@@ -741,17 +949,14 @@ def _ensure_store_token(ctx: RunContext, stages: list[Stage]) -> None:
         store.set_meta(STORE_TOKEN_KEY, token)
     path = integrity_dir(ctx.layout) / STORE_TOKEN_FILE
     if not path.is_file() or path.read_text().strip() != token:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(token + "\n")
-        tmp.replace(path)
+        write_atomic(path, token + "\n")
 
 
 def record_outputs(ctx: RunContext, stages: list[Stage]) -> None:
     """Record size and mtime of the outputs of every finished block (after a run's blocks).
 
     Only files not recorded yet are added: a recorded file that changed is the
-    next run's to find.
+    next run's to find. The graph store's node and edge counts are recorded too.
     """
     for stage in stages:
         if stage.levels is not None:
@@ -785,6 +990,7 @@ def record_outputs(ctx: RunContext, stages: list[Stage]) -> None:
                             changed = True
         if changed:
             write_manifest(ctx.layout, stage.name, manifest)
+    _record_store_counts(ctx, stages)
 
 
 def verify_outputs(ctx: RunContext, stages: list[Stage], remember: bool = False) -> list[Damage]:
@@ -814,11 +1020,10 @@ def verify_outputs(ctx: RunContext, stages: list[Stage], remember: bool = False)
         pending = _read_verified_damage(ctx.layout)
         for damage in found:
             pending.setdefault(damage.stage, {})[str(damage.block_index)] = damage.reason
-        path = integrity_dir(ctx.layout) / VERIFIED_DAMAGE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(pending, indent=1, sort_keys=True))
-        tmp.replace(path)
+        write_atomic(
+            integrity_dir(ctx.layout) / VERIFIED_DAMAGE_FILE,
+            json.dumps(pending, indent=1, sort_keys=True),
+        )
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -22,12 +23,21 @@ from daisy import logging as daisy_logging
 from blockwise import failures
 from blockwise.config import RunConfig
 from blockwise.driver_lock import DriverLock
-from blockwise.errors import ConfigError, RunChangedError, StoreError
+from blockwise.errors import (
+    ConfigError,
+    DiskFullError,
+    RunChangedError,
+    StoreError,
+    as_disk_full,
+    disk_full_as_error,
+    mount_point,
+)
 from blockwise.execution import open_profile
-from blockwise.failures import BlockFailure
+from blockwise.failures import DISK_FULL_PREFIX, BlockFailure
 from blockwise.geometry import voxels
-from blockwise.integrity import check_inputs, record_outputs, repair_outputs
+from blockwise.integrity import TrackingGuard, check_inputs, record_outputs, repair_outputs
 from blockwise.layout import RunLayout
+from blockwise.native_stderr import condensed_stderr
 from blockwise.progress import StageProgress, StageSummary, format_summary
 from blockwise.run_context import RunContext
 from blockwise.run_state import clear_stage, find_changes, refusal_message, write_state
@@ -40,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 RUN_NAME_KEY = "run_name"
 CONFIG_HASH_KEY = "config_hash"
+#: failed blocks without a record are put down to a full disk below this much free space
+FULL_BELOW_BYTES = 1 << 20
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -112,6 +124,49 @@ def _abandoned(name: str, state: Any, config: RunConfig) -> str:
         f" = {config.execution.max_worker_restarts}); last worker error: "
         f"{error[-1] if error else 'none captured'}"
     )
+
+
+def _disk_full_messages(
+    run_dir: Path,
+    stages: list[StageSummary],
+    recorded: list[BlockFailure],
+    unrecorded: DiskFullError | None,
+) -> list[str]:
+    """What to tell the user when the run's disk filled up (empty when it did not).
+
+    Failed blocks whose record says ``disk full: PATH`` are counted; failed
+    blocks without a record (writing it needed space too) are counted when
+    the file system of ``run_dir`` has less than :data:`FULL_BELOW_BYTES` free.
+
+    Args:
+        run_dir: the run directory.
+        stages: the run's stage summaries.
+        recorded: the failure records of this run.
+        unrecorded: why the manifests of finished blocks could not be written, if so.
+    """
+    full = [f for f in recorded if f.error.startswith(DISK_FULL_PREFIX)]
+    missing = max(0, sum(s.failed for s in stages) - len(recorded))
+    free = shutil.disk_usage(run_dir).free if run_dir.is_dir() else 0
+    if free >= FULL_BELOW_BYTES:
+        missing = 0
+    if not full and not missing and unrecorded is None:
+        return []
+    mount = mount_point(run_dir)
+    lines = []
+    if full or missing:
+        example = f" (e.g. {full[0].error.removeprefix(DISK_FULL_PREFIX)})" if full else ""
+        unsaid = f", {missing} more without a failure record" if missing else ""
+        lines.append(
+            f"the disk is full: {len(full)} block(s) failed for lack of space{example}{unsaid}; "
+            f"{free // 1024} KiB free on {mount}"
+        )
+    if unrecorded is not None:
+        lines.append(f"finished blocks' outputs not recorded: {unrecorded}")
+    lines.append(
+        f"free space on {mount} and run the same command again: finished blocks are kept, "
+        "the failed ones run again"
+    )
+    return lines
 
 
 def validate(config: RunConfig) -> tuple[RunContext, list[tuple[Stage, Tiling]]]:
@@ -297,7 +352,8 @@ def run(
     """
     start = time.monotonic()
     lock = DriverLock(RunLayout(config.run_dir).lock_path)
-    ctx, stages = prepare(config, adopt_store, rerun_changed, lock)
+    with disk_full_as_error(config.run_dir):
+        ctx, stages = prepare(config, adopt_store, rerun_changed, lock)
     daisy_logging.set_log_basedir(str(ctx.layout.logs_dir))
     # a failed block's traceback is written once to RUN_DIR/failures/ and the
     # summary lists it in one line; daisy would print it again for every attempt
@@ -307,15 +363,22 @@ def run(
     names = [task.name for task, _ in tasks]
     observer = _RecordingProgress(names, enabled=progress)
     interrupted = False
+    # daisy's done markers live in memory-mapped files: a full disk must not kill the driver
+    guard = TrackingGuard(ctx.layout.run_dir / "tracking")
+    unrecorded: DiskFullError | None = None
     try:
         pipeline = build_pipeline(ctx, [s for s, _ in stages], profile)
+        guard.start()
         try:
             if profile.multiprocessing:
                 # daisy's Server returns the states of a stage abandoned after too many
                 # worker restarts (run_blockwise raises and loses them); the summary says why
-                states = daisy.Server().run_blockwise(
-                    pipeline, progress=observer, host=profile.host, summary=False
-                )
+                # daisy's native warnings (a worker slot that died, e.g. of a
+                # signal sent to the whole process group) become one line each
+                with condensed_stderr(ctx.layout.logs_dir / "driver_stderr.log"):
+                    states = daisy.Server().run_blockwise(
+                        pipeline, progress=observer, host=profile.host, summary=False
+                    )
             else:
                 states = daisy.run_blockwise(
                     pipeline,
@@ -325,12 +388,24 @@ def run(
                     summary=False,
                 )
         except KeyboardInterrupt:
+            if guard.error is not None:  # the guard stopped the run: the disk is full
+                raise guard.error from None
             # daisy stopped the workers; summarise what settled before the signal
             interrupted = True
             states = observer.states
+        except Exception as e:  # daisy could not write its tracking files
+            full = as_disk_full(e, ctx.layout.run_dir)
+            if full is None:
+                raise
+            raise full from e
         else:
-            record_outputs(ctx, [s for s, _ in stages])
+            try:
+                record_outputs(ctx, [s for s, _ in stages])
+            except DiskFullError as e:
+                # the next run reads the unrecorded outputs once and records them
+                unrecorded = e
     finally:
+        guard.stop()
         profile.teardown()
         lock.release()
     # the in-process profile times its stages itself (daisy's serial mode reports
@@ -381,9 +456,11 @@ def run(
     for stage, _ in stages:
         if stage.describe_result is not None:
             messages += stage.describe_result(ctx)
+    recorded = failures.read_failures(config.run_dir)
+    messages += _disk_full_messages(config.run_dir, summaries, recorded, unrecorded)
     result = RunResult(
         summaries,
-        failures.read_failures(config.run_dir),
+        recorded,
         time.monotonic() - start,
         config.run_dir,
         messages,

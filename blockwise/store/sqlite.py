@@ -12,7 +12,7 @@ import numpy as np
 from funlib.geometry import Roi
 from numpy.typing import NDArray
 
-from blockwise.errors import StoreError
+from blockwise.errors import DiskFullError, StoreError, as_disk_full
 from blockwise.geometry import IdRange
 from blockwise.store.base import GraphStore, check_block_rows
 from blockwise.store.tables import (
@@ -50,7 +50,9 @@ class SQLiteGraphStore(GraphStore):
     """Graph store in one SQLite file (WAL mode, safe for local worker processes).
 
     Ids are uint64; they are stored with their top bit flipped as SQLite's
-    signed 64-bit integers, which keeps their order.
+    signed 64-bit integers, which keeps their order. A full disk ("database or
+    disk is full") raises :class:`~blockwise.errors.DiskFullError` naming the
+    file; a write that fails leaves nothing of itself (its transaction rolls back).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -64,7 +66,17 @@ class SQLiteGraphStore(GraphStore):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
+            full = as_disk_full(e, self.path)
+            if full is not None:
+                raise DiskFullError(self.path, full.reason) from None
             raise StoreError(f"graph store {self.uri} cannot be opened: {e}") from None
+
+    def _error(self, error: sqlite3.Error, what: str) -> StoreError | DiskFullError:
+        """The error to raise for ``error``: a full disk names the file, the rest a StoreError."""
+        full = as_disk_full(error, self.path)
+        if full is not None:
+            return DiskFullError(self.path, full.reason)
+        return StoreError(f"graph store {self.uri}: {what}: {error}")
 
     def _write(self, statements: list[tuple[str, object]]) -> None:
         try:
@@ -77,10 +89,11 @@ class SQLiteGraphStore(GraphStore):
                         self._db.execute(sql, rows)  # type: ignore[arg-type]
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back itself on a full disk
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
-            raise StoreError(f"graph store {self.uri}: write failed: {e}") from None
+            raise self._error(e, "write failed") from None
 
     def write_nodes(self, id_range: IdRange, nodes: NodeTable) -> None:
         check_block_rows(id_range, nodes.id, "node")
@@ -131,7 +144,7 @@ class SQLiteGraphStore(GraphStore):
         try:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as e:
-            raise StoreError(f"graph store {self.uri}: query failed: {e}") from None
+            raise self._error(e, "query failed") from None
 
     @staticmethod
     def _roi_clause(roi: Roi | None, prefix: str = "") -> tuple[str, tuple[object, ...]]:
