@@ -285,13 +285,15 @@ def test_a_worker_is_stopped_when_its_scheduler_ends(start_watcher: Callable[...
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
-    ("signum", "stop_one_worker"),
-    [(signal.SIGINT, False), (signal.SIGTERM, True)],
-    ids=["SIGINT", "SIGTERM-with-a-stopped-worker"],
+    ("signum", "stop_one_worker", "to_group"),
+    [(signal.SIGINT, False, False), (signal.SIGTERM, True, False), (signal.SIGTERM, False, True)],
+    ids=["SIGINT", "SIGTERM-with-a-stopped-worker", "SIGTERM-to-the-process-group"],
 )
 def test_a_signalled_driver_stops_every_worker_summarises_and_resumes(
-    tmp_path: Path, gala: Path, reference: Path, signum: int, stop_one_worker: bool
+    tmp_path: Path, gala: Path, reference: Path, signum: int, stop_one_worker: bool, to_group: bool
 ) -> None:
+    # to_group: as a cluster's job cancel or a terminal's Ctrl-C sends it, to the
+    # driver and every worker slot at once (slots just starting die of it)
     run_dir = tmp_path / "run"
     path = write_config(tmp_path, gala_config(gala, run_dir))
     driver = start_driver(path)
@@ -304,7 +306,10 @@ def test_a_signalled_driver_stops_every_worker_summarises_and_resumes(
     everything = {**workers, **slots}
 
     sent = time.monotonic()
-    os.kill(driver.pid, signum)
+    if to_group:
+        os.killpg(driver.pid, signum)  # the driver leads its own session
+    else:
+        os.kill(driver.pid, signum)
     out, _ = driver.communicate(timeout=60)
     driver_s = time.monotonic() - sent
     left = survivors(everything) | workers_of(run_dir)
