@@ -20,6 +20,7 @@ import pytest
 import yaml
 import zarr
 from funlib.geometry import Roi
+from gala import gala_data as shared_gala_data
 
 from blockwise.cli import main
 from blockwise.config import DatasetConfig, parse_config
@@ -33,31 +34,13 @@ from blockwise.status import describe_status
 from blockwise.store.tables import id_to_signed
 from blockwise.volume import open_volume
 
-from datafiles import REPO, require_data
-
 # the gala crop (50 x 100 x 200 vx) in blocks of 32^3: a (2, 4, 7) grid
 GRID = (2, 4, 7)
 
 
-@pytest.fixture(scope="module")
-def gala(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from blockwise.synthetic import synthesize_affinities_file
-
-    out = tmp_path_factory.mktemp("gala") / "gala_synth.zarr"
-    synthesize_affinities_file(require_data("gala_fib_train.h5"), "labels", out, seed=0)
-    return out
-
-
 def gala_data(gala: Path, run_dir: Path, method: str = "global") -> dict[str, Any]:
     """The CI config on the gala crop; ``hierarchical`` adds the octree stage (mean scoring)."""
-    data = yaml.safe_load((REPO / "configs" / "gala_ci.yaml").read_text())
-    data["run_dir"] = str(run_dir)
-    data["inputs"]["affinities"]["file"] = str(gala)
-    data["inputs"]["ground_truth"]["file"] = str(gala)
-    data.setdefault("segments", {})["method"] = method
-    if method == "hierarchical":
-        data["agglomerate"]["scoring"] = {"kind": "mean"}
-    return data
+    return shared_gala_data(gala, run_dir, segments={"method": method})
 
 
 def in_process(data: dict[str, Any]) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from gala import gala_data
 
 from blockwise.config import parse_config
 from blockwise.driver_lock import DriverLock
@@ -22,28 +23,7 @@ from blockwise.errors import ConfigError, RunChangedError, RunLockedError
 from blockwise.layout import RunLayout
 from blockwise.runner import reset, run
 
-from datafiles import REPO, require_data
-
 BLOCKWISE = str(Path(sys.executable).with_name("blockwise"))
-
-
-@pytest.fixture(scope="module")
-def gala(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from blockwise.synthetic import synthesize_affinities_file
-
-    out = tmp_path_factory.mktemp("gala") / "gala_synth.zarr"
-    synthesize_affinities_file(require_data("gala_fib_train.h5"), "labels", out, seed=0)
-    return out
-
-
-def gala_data(gala: Path, run_dir: Path, **changes: Any) -> dict[str, Any]:
-    data = yaml.safe_load((REPO / "configs" / "gala_ci.yaml").read_text())
-    data["run_dir"] = str(run_dir)
-    data["inputs"]["affinities"]["file"] = str(gala)
-    data["inputs"]["ground_truth"]["file"] = str(gala)
-    for section, values in changes.items():
-        data[section] = {**data.get(section, {}), **values}
-    return data
 
 
 def outputs(run_dir: Path) -> dict[str, np.ndarray]:

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 import zarr
+from gala import gala_data
 from PIL import Image
 
 from blockwise.config import parse_config
@@ -20,26 +20,11 @@ from blockwise.report_html import load_summary, write_report
 from blockwise.runner import run
 from blockwise.summary import BlockTimeLog, read_block_times, summary_path
 
-from datafiles import REPO, require_data
-
-
-@pytest.fixture(scope="module")
-def gala(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from blockwise.synthetic import synthesize_affinities_file
-
-    out = tmp_path_factory.mktemp("gala") / "gala_synth.zarr"
-    synthesize_affinities_file(require_data("gala_fib_train.h5"), "labels", out, seed=0)
-    return out
-
 
 def gala_config(gala: Path, run_dir: Path) -> Any:
-    data: dict[str, Any] = yaml.safe_load((REPO / "configs" / "gala_ci.yaml").read_text())
-    data["run_dir"] = str(run_dir)
-    data["inputs"]["affinities"]["file"] = str(gala)
-    data["inputs"]["ground_truth"]["file"] = str(gala)
-    data["segments"]["method"] = "global"  # what the CI config's quantile scoring needs
-    data["downsample"] = {"levels": 1}
-    return parse_config(data)
+    return parse_config(
+        gala_data(gala, run_dir, segments={"method": "global"}, downsample={"levels": 1})
+    )
 
 
 def stage_rows(page: str) -> dict[str, list[str]]:

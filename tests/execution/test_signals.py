@@ -31,12 +31,11 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from gala import gala_data
 
 from blockwise.config import parse_config
 from blockwise.execution.local import scheduler_gone
 from blockwise.runner import run
-
-from datafiles import REPO
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds worker processes through /proc"
@@ -49,12 +48,7 @@ BLOCK_TIMEOUT_S = 10
 
 
 def gala_config(gala: Path, run_dir: Path, **execution: Any) -> dict[str, Any]:
-    data = yaml.safe_load((REPO / "configs" / "gala_ci.yaml").read_text())
-    data["run_dir"] = str(run_dir)
-    data["inputs"]["affinities"]["file"] = str(gala)
-    data["inputs"]["ground_truth"]["file"] = str(gala)
-    data["execution"] = {**data["execution"], "num_workers": 2, **execution}
-    return data
+    return gala_data(gala, run_dir, execution={"num_workers": 2, **execution})
 
 
 def write_config(tmp_path: Path, data: dict[str, Any]) -> Path:

@@ -10,30 +10,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 import zarr
+from gala import gala_data
 
 from blockwise.config import parse_config
 from blockwise.runner import run
 
 from .conftest import SecantusServer
-from datafiles import REPO, require_data
-
-
-@pytest.fixture(scope="module")
-def gala(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from blockwise.synthetic import synthesize_affinities_file
-
-    out = tmp_path_factory.mktemp("gala") / "gala_synth.zarr"
-    synthesize_affinities_file(require_data("gala_fib_train.h5"), "labels", out, seed=0)
-    return out
 
 
 def gala_config(gala: Path, run_dir: Path, store_uri: str | None = None, **store: Any) -> Any:
-    data = yaml.safe_load((REPO / "configs" / "gala_ci.yaml").read_text())
-    data["run_dir"] = str(run_dir)
-    data["inputs"]["affinities"]["file"] = str(gala)
-    data["inputs"]["ground_truth"]["file"] = str(gala)
+    data = gala_data(gala, run_dir)
     data["store"] = {"uri": store_uri, **store}
     return parse_config(data)
 
