@@ -39,6 +39,9 @@ OFFSETS_ATTRS = ("offsets", "neighborhood", "affinity_neighborhood")
 CONTIGUOUS_PIECE_VX = 64
 
 MissingChunks = Literal["error", "fill_value"]
+#: HDF5 chunk cache per open input (bytes), and its hash slots (a prime ~100x the chunks it holds)
+HDF5_CHUNK_CACHE_BYTES = 64 << 20
+HDF5_CHUNK_CACHE_SLOTS = 10007
 
 
 def is_hdf5(path: Path) -> bool:
@@ -53,7 +56,12 @@ def _open_array(path: Path, dataset: str, mode: str) -> Any:
         import h5py
 
         try:
-            handle = h5py.File(path, "r")
+            # a chunk cache that holds the chunks a block and its neighbours share:
+            # neighbouring blocks read by one worker decompress each chunk once
+            # (h5py's default of 1 MiB holds about one chunk of a typical input)
+            handle = h5py.File(
+                path, "r", rdcc_nbytes=HDF5_CHUNK_CACHE_BYTES, rdcc_nslots=HDF5_CHUNK_CACHE_SLOTS
+            )
         except OSError as e:
             raise InputError(f"{path} is not a readable HDF5 file: {e}") from None
         if dataset not in handle:
