@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -198,14 +199,35 @@ def _write_slot(run_dir: Path, record: BlockFailure) -> bool:
     return written
 
 
+#: per slots file: (its stat key, when it was read, the records it held)
+_SLOTS_READ: dict[Path, tuple[tuple[int, int, int], float, list[BlockFailure]]] = {}
+#: a cached read counts only when it came this long after the file's last change
+#: (file systems stamp modification times with a coarse clock)
+_SLOTS_SETTLED_S = 0.5
+
+
 def _read_slots(run_dir: Path) -> list[BlockFailure]:
-    """The records in the reserved slots."""
+    """The records in the reserved slots.
+
+    Every block asks (is there a record for me?): the file is read again only
+    when its size, inode or modification time changed since the last read, or
+    that read came too soon after a change to trust the time stamp.
+    """
     path = _slots_path(run_dir)
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
         return []
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _SLOTS_READ.get(path)
+    if cached is not None and cached[0] == key and cached[1] - st.st_mtime > _SLOTS_SETTLED_S:
+        return list(cached[2])
+    now = time.time()
     data = path.read_bytes()
     found = (_decode_slot(data[i : i + SLOT_BYTES]) for i in range(0, len(data), SLOT_BYTES))
-    return [f for f in found if f is not None]
+    records = [f for f in found if f is not None]
+    _SLOTS_READ[path] = (key, now, records)
+    return list(records)
 
 
 def read_failure(run_dir: Path, stage: str, block_index: int) -> BlockFailure | None:
