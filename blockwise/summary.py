@@ -75,11 +75,17 @@ def worker_name() -> str:
 class BlockTimeLog:
     """Appends when each block of one stage ran in this process (one JSON line per block).
 
+    Lines are flushed at most every :attr:`FLUSH_S` seconds and when the log
+    is closed (a worker ends, a stage's setup is left).
+
     Args:
         run_dir: the run directory.
         stage: the stage's (daisy task's) name.
         worker: the worker's name; default :func:`worker_name`.
     """
+
+    #: seconds between two flushes of the log file
+    FLUSH_S = 0.5
 
     def __init__(self, run_dir: Path, stage: str, worker: str | None = None) -> None:
         self.worker = worker or worker_name()
@@ -87,6 +93,7 @@ class BlockTimeLog:
         self.stage = stage
         # opened at the first block and kept open: one write per block, no open/close
         self._file: TextIO | None = None
+        self._flushed = 0.0
 
     def record(self, block: int, start: float, end: float) -> None:
         """Record that ``block`` ran from ``start`` to ``end`` (seconds since the epoch).
@@ -99,9 +106,13 @@ class BlockTimeLog:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("a", encoding="utf-8")
-            # one line per write, flushed at once: a killed worker loses no finished block
+            # flushed at most every FLUSH_S (and on close): a worker killed with
+            # SIGKILL loses the times of its last blocks, never a block's output
             self._file.write(line + "\n")
-            self._file.flush()
+            now = time.monotonic()
+            if now - self._flushed >= self.FLUSH_S:
+                self._file.flush()
+                self._flushed = now
         except OSError as e:
             logger.warning("cannot record the time of %s block %d: %s", self.stage, block, e)
 

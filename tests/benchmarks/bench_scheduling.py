@@ -17,9 +17,12 @@ time and peak memory are its own):
      worker subprocesses), ``tracking_path`` set as blockwise sets it, run
      with ``daisy.run_blockwise``.
 
-   Printed: wall seconds for each N, the per-block cost (the slope between
-   the two sizes, which leaves out the fixed start-up) and the fixed cost
-   (intercept), and blockwise / daisy for both. Target: per-block ratio <= 1.2.
+   Printed for each N: wall seconds, split into the span from the first
+   block's start to the last block's end (over blocks: the scheduling cost
+   per block, workers running) and the rest (start-up of the driver and the
+   workers, and the end of the run); blockwise / daisy per block. Target:
+   per-block ratio <= 1.2. Block times come from blockwise's own per-block
+   log (``summary.json``) and, for daisy, from the no-op function itself.
 
 2. **A 10^5-block run** (``--driver-blocks``, default 100000): the blockwise
    no-op run alone, measuring the driver's own CPU seconds (``getrusage`` of
@@ -75,8 +78,23 @@ def noop(ctx, block):
     del ctx, block
 
 
+_SEEN = []
+
+
+def _write_span():
+    import json, os
+    out = os.environ.get("BENCH_SPAN_DIR")
+    if out and _SEEN:
+        with open(os.path.join(out, f"{os.getpid()}.json"), "w") as f:
+            json.dump({"start": _SEEN[0], "end": _SEEN[-1], "blocks": len(_SEEN)}, f)
+
+
 def noop_block(block):
-    """bare daisy's 1-argument block function"""
+    """bare daisy's 1-argument block function (notes when it ran, written at exit)"""
+    import atexit, time
+    if not _SEEN:
+        atexit.register(_write_span)
+    _SEEN.append(time.time())
     del block
 
 
@@ -156,9 +174,13 @@ def child_blockwise(config_path: str) -> dict[str, Any]:
     (stage,) = result.stages
     if not result.ok or stage.done != stage.total:
         raise RuntimeError(f"the no-op run did not finish: {result.summary()}")
+    summary = json.loads((config.run_dir / "summary.json").read_text())
+    starts = [b["start_s"] for b in summary["blocks"]]
+    ends = [b["end_s"] for b in summary["blocks"]]
     return {
         "blocks": stage.total,
         "wall_s": wall,
+        "block_span_s": max(ends) - min(starts),
         "driver_cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
         "driver_peak_rss_mib": after.ru_maxrss / 1024,
     }
@@ -190,6 +212,9 @@ def child_daisy(config_path: str) -> dict[str, Any]:
         timeout=600,
         tracking_path=str(run_dir / "tracking"),
     )
+    spans = run_dir / "spans"
+    spans.mkdir(parents=True)
+    os.environ["BENCH_SPAN_DIR"] = str(spans)  # the workers inherit it
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic()
     states = daisy.run_blockwise([task], progress=False, summary=False, return_states=True)
@@ -198,9 +223,13 @@ def child_daisy(config_path: str) -> dict[str, Any]:
     state = states["noop"]
     if int(state.completed_count) != int(state.total_block_count):
         raise RuntimeError(f"bare daisy did not finish: {state}")
+    seen = [json.loads(p.read_text()) for p in spans.glob("*.json")]
+    if sum(s["blocks"] for s in seen) != int(state.total_block_count):
+        raise RuntimeError(f"bare daisy's workers noted {seen}, not every block")
     return {
         "blocks": int(state.total_block_count),
         "wall_s": wall,
+        "block_span_s": max(s["end"] for s in seen) - min(s["start"] for s in seen),
         "driver_cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
         "driver_peak_rss_mib": after.ru_maxrss / 1024,
     }
@@ -226,12 +255,6 @@ def measure(work: Path, kind: str, blocks: int, workers: int, tag: str) -> dict[
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["grid"] = list(grid)
     return result
-
-
-def fit(small: dict[str, Any], large: dict[str, Any]) -> tuple[float, float]:
-    """Per-block seconds (slope) and fixed seconds (intercept) through two runs."""
-    per_block = (large["wall_s"] - small["wall_s"]) / (large["blocks"] - small["blocks"])
-    return per_block, small["wall_s"] - per_block * small["blocks"]
 
 
 def main() -> None:
@@ -260,27 +283,31 @@ def main() -> None:
         for n in args.blocks:
             for kind in ("daisy", "blockwise"):
                 r = measure(work, kind, n, args.workers, f"{n}")
+                r["per_block_ms"] = 1e3 * r["block_span_s"] / r["blocks"]
+                r["fixed_s"] = r["wall_s"] - r["block_span_s"]
                 runs[kind].append(r)
                 print(
-                    f"{kind:9s} {r['blocks']:7d} blocks: {r['wall_s']:7.2f} s wall, "
+                    f"{kind:9s} {r['blocks']:7d} blocks: {r['wall_s']:7.2f} s wall = "
+                    f"{r['block_span_s']:6.2f} s from first block to last "
+                    f"({r['per_block_ms']:.3f} ms per block) + {r['fixed_s']:5.2f} s "
+                    "start and end; "
                     f"driver CPU {r['driver_cpu_s']:6.2f} s, peak RSS "
                     f"{r['driver_peak_rss_mib']:.0f} MiB",
                     flush=True,
                 )
-        slopes = {k: fit(*v) for k, v in runs.items()}
-        for kind, (per_block, fixed) in slopes.items():
-            print(f"{kind:9s} per block {1e3 * per_block:6.2f} ms, fixed {fixed:5.2f} s")
-        ratio = slopes["blockwise"][0] / slopes["daisy"][0]
-        fixed_ratio = slopes["blockwise"][1] / max(slopes["daisy"][1], 1e-9)
+        per_block = {k: sum(r["per_block_ms"] for r in v) / len(v) for k, v in runs.items()}
+        fixed = {k: sum(r["fixed_s"] for r in v) / len(v) for k, v in runs.items()}
+        ratio = per_block["blockwise"] / per_block["daisy"]
         largest = runs["blockwise"][-1]["wall_s"] / runs["daisy"][-1]["wall_s"]
         print(
-            f"blockwise / daisy: per block {ratio:.2f}x (target <= 1.2), fixed {fixed_ratio:.2f}x, "
-            f"wall at {args.blocks[1]} blocks {largest:.2f}x"
+            f"blockwise / daisy: per block {ratio:.2f}x (target <= 1.2); start and end "
+            f"{fixed['blockwise']:.2f} s / {fixed['daisy']:.2f} s; wall at "
+            f"{runs['blockwise'][-1]['blocks']} blocks {largest:.2f}x"
         )
         report["overhead"] = {
             "runs": runs,
-            "per_block_ms": {k: 1e3 * v[0] for k, v in slopes.items()},
-            "fixed_s": {k: v[1] for k, v in slopes.items()},
+            "per_block_ms": per_block,
+            "fixed_s": fixed,
             "per_block_ratio": ratio,
             "wall_ratio_largest": largest,
         }
