@@ -26,6 +26,7 @@ from pathlib import Path
 NATIVE_RECORD = re.compile(r"^\s*(TRACE|DEBUG|INFO|WARN|ERROR) \S")
 #: the last line of a Python traceback: ``module.ExceptionType: message``
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Warning)\b.*")
+LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 #: seconds without output after which a pending native record is written
 FLUSH_AFTER_S = 0.2
 
@@ -81,9 +82,22 @@ class _Condenser:
             self.native = False
             self._write(line)
 
+    def _may_begin_record(self, partial: str) -> bool:
+        """Whether a line that has only begun could still be a native record's first line."""
+        if NATIVE_RECORD.match(partial):
+            return True
+        head = partial.lstrip(" ")
+        return not head or any(level.startswith(head.split(" ")[0]) for level in LEVELS)
+
     def run(self) -> None:
-        """Until the pipe ends or a stop is asked for (then what is already there is read)."""
+        """Until the pipe ends or a stop is asked for (then what is already there is read).
+
+        Whole lines are classified as they come; a line that has only begun is
+        passed through at once unless it may begin a native record (progress
+        bars redraw one line with carriage returns and never end it).
+        """
         buffer = b""
+        passing = False  # inside a line passed through as it comes
         stopping = False
         while True:
             ready, _, _ = select.select(
@@ -93,6 +107,10 @@ class _Condenser:
                 stopping = True
             if self.read_fd not in ready:
                 self._flush_record()
+                self.native = False
+                if buffer:  # a begun line that stayed unfinished: let it out
+                    self._write(buffer.decode("utf-8", "replace"))
+                    buffer, passing = b"", True
                 if stopping:
                     break
                 continue
@@ -100,9 +118,23 @@ class _Condenser:
             if not chunk:
                 break
             buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for raw in lines:
-                self._line(raw.decode("utf-8", "replace") + "\n")
+            while buffer:
+                end = buffer.find(b"\n")
+                if passing:
+                    upto = len(buffer) if end < 0 else end + 1
+                    self._write(buffer[:upto].decode("utf-8", "replace"))
+                    buffer, passing = buffer[upto:], end < 0
+                    continue
+                if end >= 0:
+                    self._line(buffer[: end + 1].decode("utf-8", "replace"))
+                    buffer = buffer[end + 1 :]
+                    continue
+                partial = buffer.decode("utf-8", "replace")
+                if self.native or self._may_begin_record(partial):
+                    break  # wait for the rest of the line
+                self._flush_record()
+                self._write(partial)
+                buffer, passing = b"", True
         if buffer:
             self._line(buffer.decode("utf-8", "replace"))
         self._flush_record()

@@ -58,3 +58,24 @@ def test_native_records_are_one_line_and_everything_else_passes(
     # fd 2 is the terminal's again
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"
+
+
+def test_a_progress_bar_line_passes_at_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # tqdm redraws one line with carriage returns and ends it only when it closes
+    import time
+
+    with condensed_stderr(tmp_path / "driver_stderr.log"):
+        os.write(2, b"\r  extract_fragments:  50%|#####     | 28/56")
+        deadline = time.monotonic() + 5
+        seen = ""
+        while "28/56" not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+            seen += capfd.readouterr().err
+        assert "28/56" in seen  # before the line ends and before the block is left
+        os.write(2, b"\r  extract_fragments: 100%|##########| 56/56\n")
+        os.write(2, NATIVE.encode())
+    err = capfd.readouterr().err
+    assert err.startswith("\r  extract_fragments: 100%|##########| 56/56\n"), err
+    assert err.count("\n") == 2 and "_WorkerExitError" in err
