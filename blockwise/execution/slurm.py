@@ -33,6 +33,19 @@ the queue for a driver that will never answer. A task that starts after its
 driver is gone finds nobody at the address and exits 0 (daisy's client
 treats a refused connection at start as the end of the run).
 
+Stopping the driver (SIGINT, SIGTERM, Ctrl-C to its whole process group).
+daisy closes its scheduler at once and waits for every worker slot; each
+slot returns when it sees the scheduler gone (or, signalled itself, cancels
+its task first), and submits nothing more; then the teardown cancels every
+job in the ledger, including arrays submitted while the signal came. A task
+that was mid-block loses its scheduler and its worker fails at the next
+request: the batch script then checks the scheduler's address, and when
+nobody listens there it exits 0 (the run was stopped, not the task; the
+block runs again on resume), so the run's jobs end COMPLETED or CANCELLED,
+never FAILED. A second signal during the teardown cuts its grace period
+short, never the cancelling. SLURM commands run in a session of their own,
+so a Ctrl-C cannot kill an ``sbatch`` whose job would go unrecorded.
+
 State shared by the calls (they are separate processes) lives in the run
 directory, under a file lock: ``slurm_jobs.json`` lists every job the run
 submitted (written atomically), ``slurm/<session>/<stage>.json`` the
@@ -101,6 +114,8 @@ FINAL_STATES = frozenset(
 )
 #: seconds between checks that the driver's scheduler still listens
 PROBE_INTERVAL_S = 2.0
+#: seconds a check that the driver's scheduler listens waits for an answer
+PROBE_TIMEOUT_S = 5.0
 #: seconds between looks at a task's exit-code file
 MARKER_INTERVAL_S = 0.25
 #: seconds a SLURM command may take before the profile gives up on it
@@ -128,7 +143,17 @@ def run_slurm(args: list[str], what: str, timeout: float = COMMAND_TIMEOUT_S) ->
         SlurmError: if the command is missing, times out or exits non-zero (with its stderr).
     """
     try:
-        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+        # its own session: a Ctrl-C in the driver's terminal reaches every process of the
+        # foreground group, and must not kill an sbatch between submitting and answering
+        # (a job nobody recorded) nor an scancel of the teardown
+        result = subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            start_new_session=True,
+        )
     except FileNotFoundError:
         raise SlurmError(
             f"cannot {what}: `{args[0]}` is not on PATH; run the driver where the SLURM "
@@ -359,12 +384,40 @@ def cancel_jobs(jobs: list[dict[str, Any]], why: str, state: str | None = None) 
 def driver_is_listening(host: str, port: int) -> bool:
     """Whether the driver's daisy scheduler still accepts connections at ``host:port``."""
     try:
-        with socket.create_connection((host, port), timeout=5.0):
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
             return True
     except TimeoutError:
         return True  # slow is not gone; a refused or unreachable address is
     except OSError:
         return False
+
+
+class _SlotSignals:
+    """SIGINT and SIGTERM of a worker slot process, noted for its wait loop to act on.
+
+    A Ctrl-C in the driver's terminal reaches every process of the foreground
+    group, daisy's worker slots included. A slot must then end quietly (a
+    ``KeyboardInterrupt`` would be a traceback in the driver's output, and one
+    raised between ``sbatch`` and the ledger would leave a job nobody records):
+    it stops submitting and cancels the task it waits for, and the driver's
+    teardown cancels the rest.
+
+    Attributes:
+        signum: the signal received, 0 while none came.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def install(self) -> None:
+        """Note SIGINT and SIGTERM from now on (main thread only; a no-op elsewhere)."""
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        del frame
+        self.signum = signum
 
 
 # --------------------------------------------------------------------------- the worker function
@@ -444,11 +497,13 @@ class SlurmWorker:
                 "context; this daisy version is not supported"
             )
         host, port = str(context["hostname"]), int(context["port"])
-        task = self._claim(context)
+        stop = _SlotSignals()
+        stop.install()
+        task = self._claim(context, host, port, stop)
         if task is None:
             return
         logger.info("stage %s: worker slot waits for SLURM task %s", self.stage, task)
-        self._wait(task, host, port)
+        self._wait(task, host, port, stop)
 
     # -- claiming and submitting
 
@@ -458,8 +513,10 @@ class SlurmWorker:
             {"arrays": [], "drained": False, "submit_failures": 0, "queue": {}},
         )
 
-    def _claim(self, context: Any) -> str | None:
-        """The task this call waits for (``"<job>_<index>"``), or None for a drained stage."""
+    def _claim(self, context: Any, host: str, port: int, stop: _SlotSignals) -> str | None:
+        """The task this call waits for (``"<job>_<index>"``), or None when there is
+        nothing to wait for: the stage is drained, or the run is ending (the
+        slot was signalled, or the driver's scheduler stopped listening)."""
         failure: SlurmError | None = None
         with locked(self.lock_path):
             state = self._read_state()
@@ -471,6 +528,10 @@ class SlurmWorker:
                     return task
             if state["drained"]:
                 return None  # no block left: a new task would only start and stop
+            if stop.signum or not driver_is_listening(host, port):
+                # a slot daisy started just before the run was stopped: submitting
+                # now would only queue a job for the teardown to cancel
+                return None
             # the stage's first call submits every task; a later one replaces a dead task
             size = self.num_tasks if not state["arrays"] else 1
             try:
@@ -490,8 +551,18 @@ class SlurmWorker:
             write_json(self.state_path, state)
         # the options passed sbatch --test-only, so the failure is likely passing (a
         # busy controller, a submit limit): back off, then fail this worker slot;
-        # daisy calls again (within max_worker_restarts)
-        time.sleep(min(2.0 ** state["submit_failures"], 60.0))
+        # daisy calls again (within max_worker_restarts). A run stopped meanwhile
+        # ends the wait (daisy waits for every slot before it lets the driver go).
+        deadline = time.monotonic() + min(2.0 ** state["submit_failures"], 60.0)
+        next_probe = time.monotonic() + PROBE_INTERVAL_S
+        while time.monotonic() < deadline:
+            if stop.signum:
+                return None
+            if time.monotonic() >= next_probe:
+                if not driver_is_listening(host, port):
+                    return None
+                next_probe = time.monotonic() + PROBE_INTERVAL_S
+            time.sleep(MARKER_INTERVAL_S)
         raise failure if failure is not None else SlurmError(f"stage {self.stage}: no task")
 
     def _write_script(self, context: Any) -> None:
@@ -500,6 +571,8 @@ class SlurmWorker:
         ctx["worker_id"] = "-1"
         exit_dir = self.exit_path("x").parent
         exit_dir.mkdir(parents=True, exist_ok=True)
+        address = f"{context['hostname']}:{context['port']}"
+        probe = shlex.quote(f"exec 3<>/dev/tcp/{context['hostname']}/{context['port']}")
         script = "\n".join(
             [
                 "#!/bin/bash",
@@ -507,6 +580,25 @@ class SlurmWorker:
                 f"export DAISY_CONTEXT={shlex.quote(ctx.to_env())}",
                 shlex.join(self.command),
                 "status=$?",
+                # A worker that loses its scheduler mid-block (the driver was stopped:
+                # Ctrl-C, SIGTERM, kill) fails at its next request. The run ended, not
+                # this task: its unfinished block runs again when the run resumes.
+                # Refused connections say the scheduler is gone; a slow answer
+                # (timeout's 124) does not.
+                'if [ "$status" != 0 ]; then',
+                "  for _ in 1 2 3; do",
+                f"    timeout {int(PROBE_TIMEOUT_S)} bash -c {probe} 2>/dev/null",
+                "    probe=$?",
+                '    if [ "$probe" != 0 ] && [ "$probe" != 124 ]; then',
+                f"      echo \"blockwise: the worker exited with $status after the driver's "
+                f"scheduler at {address} stopped listening: the run is over or was "
+                'stopped; a block it left unfinished runs again when the run resumes" >&2',
+                "      status=0",
+                "      break",
+                "    fi",
+                "    sleep 1",
+                "  done",
+                "fi",
                 # the waiting driver learns the exit code without asking squeue
                 f'echo "$status" > {shlex.quote(str(exit_dir))}/'
                 '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.tmp"',
@@ -607,74 +699,92 @@ class SlurmWorker:
             return bool(self._read_state()["drained"])
 
     def _ended(self, task: str, code: int | None, state: str, host: str, port: int) -> None:
-        """Return when ``task`` ended as a clean worker exit; raise for a dirty one."""
+        """Return when ``task`` ended as a clean worker exit; raise for a dirty one.
+
+        A task that ends badly after the driver's scheduler stopped (the run was
+        stopped or is over, and the teardown cancels what is left) is no worker
+        failure: nobody would count it, and raising would print a traceback in the
+        driver's output.
+        """
         if code == 0:
             self._drain(task)
             return
-        if code is None and state == "CANCELLED":
-            if self._is_drained():
-                return  # a pending task of a drained stage, cancelled by _drain
-            if not driver_is_listening(host, port):
-                return  # cancelled by the driver's teardown: the run is over
+        if code is None and state == "CANCELLED" and self._is_drained():
+            return  # a pending task of a drained stage, cancelled by _drain
+        how = f"exited with {code}" if code is not None else f"ended {state}"
+        if not driver_is_listening(host, port):
+            logger.info(
+                "stage %s: SLURM task %s %s after the driver's scheduler stopped",
+                self.stage,
+                task,
+                how,
+            )
+            return
         job, index = task.split("_")
         log = Path(self.run_dir) / "logs" / "slurm" / f"{self.stage}-{job}_{index}.out"
-        how = f"exited with {code}" if code is not None else f"ended {state}"
         raise SlurmError(f"stage {self.stage}: SLURM array task {task} {how}; its log: {log}")
 
-    def _wait(self, task: str, host: str, port: int) -> None:
+    def _wait(self, task: str, host: str, port: int, stop: _SlotSignals) -> None:
         exit_path = self.exit_path(task)
         parent = os.getppid()
         claimed_at = time.time()
         next_probe = next_poll = time.monotonic()
         unlisted = 0
         last_checked = 0.0
-        try:
-            while True:
-                if exit_path.exists():
-                    status = int(exit_path.read_text().strip())
-                    self._ended(task, status, "COMPLETED", host, port)
+        while True:
+            if stop.signum:
+                # a Ctrl-C in the driver's terminal (the whole group got it): the
+                # driver stops the run; cancel this slot's task at once and end quietly
+                with contextlib.suppress(SlurmError):
+                    run_slurm(["scancel", task], f"cancel {task}")
+                logger.info(
+                    "stage %s: worker slot got signal %d; cancelled SLURM task %s",
+                    self.stage,
+                    stop.signum,
+                    task,
+                )
+                return
+            if exit_path.exists():
+                status = int(exit_path.read_text().strip())
+                self._ended(task, status, "COMPLETED", host, port)
+                return
+            now = time.monotonic()
+            if os.getppid() != parent:
+                # orphaned: the driver was killed and no teardown will come
+                cancelled = cancel_jobs(self._stage_jobs(), "the driver is gone")
+                logger.warning(
+                    "stage %s: the driver is gone; cancelled SLURM job(s) %s",
+                    self.stage,
+                    ", ".join(cancelled) or "(none left)",
+                )
+                return
+            if now >= next_probe:
+                next_probe = now + PROBE_INTERVAL_S
+                if not driver_is_listening(host, port):
+                    # the scheduler stopped (the run ended or was interrupted): the
+                    # driver's teardown cancels what is left, after a grace period
+                    # that lets finishing tasks end COMPLETED
                     return
-                now = time.monotonic()
-                if os.getppid() != parent:
-                    # orphaned: the driver was killed and no teardown will come
-                    cancelled = cancel_jobs(self._stage_jobs(), "the driver is gone")
-                    logger.warning(
-                        "stage %s: the driver is gone; cancelled SLURM job(s) %s",
-                        self.stage,
-                        ", ".join(cancelled) or "(none left)",
-                    )
+            if now >= next_poll:
+                next_poll = now + min(self.poll_interval_s, 5.0)
+                state, checked_at = self._task_state(task)
+                if state in FINAL_STATES:
+                    if exit_path.exists():  # written just before the task ended
+                        continue
+                    code = 0 if state == "COMPLETED" else None
+                    self._ended(task, code, str(state), host, port)
                     return
-                if now >= next_probe:
-                    next_probe = now + PROBE_INTERVAL_S
-                    if not driver_is_listening(host, port):
-                        # the scheduler stopped (the run ended or was interrupted): the
-                        # driver's teardown cancels what is left, after a grace period
-                        # that lets finishing tasks end COMPLETED
-                        return
-                if now >= next_poll:
-                    next_poll = now + min(self.poll_interval_s, 5.0)
-                    state, checked_at = self._task_state(task)
-                    if state in FINAL_STATES:
-                        if exit_path.exists():  # written just before the task ended
-                            continue
-                        code = 0 if state == "COMPLETED" else None
-                        self._ended(task, code, str(state), host, port)
-                        return
-                    # unlisted in fresh snapshots taken after the claim: the task
-                    # ended longer than MinJobAge ago
-                    if state is not None:
-                        unlisted = 0
-                    elif checked_at > max(claimed_at, last_checked):
-                        unlisted += 1
-                    last_checked = checked_at
-                    if unlisted >= 3:
-                        self._ended(task, None, "unseen (squeue no longer lists it)", host, port)
-                        return
-                time.sleep(MARKER_INTERVAL_S)
-        except KeyboardInterrupt:
-            with contextlib.suppress(SlurmError):
-                run_slurm(["scancel", task], f"cancel {task}")
-            raise
+                # unlisted in fresh snapshots taken after the claim: the task
+                # ended longer than MinJobAge ago
+                if state is not None:
+                    unlisted = 0
+                elif checked_at > max(claimed_at, last_checked):
+                    unlisted += 1
+                last_checked = checked_at
+                if unlisted >= 3:
+                    self._ended(task, None, "unseen (squeue no longer lists it)", host, port)
+                    return
+            time.sleep(MARKER_INTERVAL_S)
 
 
 # --------------------------------------------------------------------------- the profile
@@ -853,30 +963,47 @@ class SlurmProfile:
     def teardown(self) -> None:
         """Cancel every job of the run that is still pending or running; safe to call again.
 
-        Called while an exception propagates (Ctrl-C, SIGTERM, a failure), it
-        cancels at once. After a clean run it cancels pending tasks at once and
-        gives running ones, which the finished scheduler has told to stop, up to
-        ``TEARDOWN_GRACE_S`` to exit by themselves (so they end COMPLETED).
+        Called while an exception propagates (a failure, a signal the runner did
+        not catch), it cancels at once. Otherwise (a clean end, or a stop the
+        runner caught and summarised) it cancels pending tasks at once and gives
+        running ones, whose scheduler is gone, up to ``TEARDOWN_GRACE_S`` to exit
+        by themselves (so they end COMPLETED; a stopped run's tasks exit after
+        their current block). A SIGINT or SIGTERM meanwhile ends that grace at
+        once; no signal interrupts the cancelling.
         """
         aborting = sys.exc_info()[0] is not None
         previous: dict[signal.Signals, Any] = {}
+        hurry: list[int] = []
         if threading.current_thread() is threading.main_thread():
-            # a second Ctrl-C must not cut the cancelling short (handlers installed
-            # outside Python, reported as None, cannot be put back, so stay)
+            # a second Ctrl-C (or SIGTERM) must not cut the cancelling short: it only
+            # ends the grace period (handlers installed outside Python, reported as
+            # None, cannot be put back, so stay)
             for s in (signal.SIGINT, signal.SIGTERM):
                 handler = signal.getsignal(s)
                 if handler is not None:
                     previous[s] = handler
-                    signal.signal(s, signal.SIG_IGN)
+                    signal.signal(s, lambda signum, frame: hurry.append(signum))
         try:
             jobs = self.ledger.jobs()
             if not aborting:
                 cancel_jobs(jobs, "the run is over", "PENDING")
                 deadline = time.monotonic() + TEARDOWN_GRACE_S
                 with contextlib.suppress(SlurmError):
-                    while live_jobs(jobs) and time.monotonic() < deadline:
+                    running = live_jobs(jobs)
+                    if running:
+                        logger.info(
+                            "waiting up to %.0f s for SLURM job(s) %s to end by themselves",
+                            TEARDOWN_GRACE_S,
+                            ", ".join(running),
+                        )
+                    while running and not hurry and time.monotonic() < deadline:
                         time.sleep(0.5)
-            cancel_jobs(jobs, "the driver stopped" if aborting else "the run is over")
+                        running = live_jobs(jobs)
+            # every job the run recorded, those submitted while the run stopped included
+            cancel_jobs(
+                self.ledger.jobs(),
+                "the driver stopped" if aborting or hurry else "the run is over",
+            )
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

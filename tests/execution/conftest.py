@@ -53,8 +53,13 @@ class SlurmCluster:
 
     cpus: int
 
-    def jobs(self, states: str = "all") -> dict[str, str]:
-        """Every task of the tests' jobs SLURM lists (``"<job>_<task>"`` -> state)."""
+    def jobs(self, states: str = "all", prefix: str = JOB_PREFIX) -> dict[str, str]:
+        """Every task of the tests' jobs SLURM lists (``"<job>_<task>"`` -> state).
+
+        Args:
+            states: ``squeue --states``.
+            prefix: only jobs whose name starts with it (default: every test job).
+        """
         out = subprocess.run(
             ["squeue", "--noheader", "--array", f"--states={states}", "--format=%i|%j|%T"],
             capture_output=True,
@@ -64,13 +69,13 @@ class SlurmCluster:
         tasks = {}
         for line in out.splitlines():
             task, name, state = line.strip().split("|")
-            if name.startswith(JOB_PREFIX):
+            if name.startswith(prefix):
                 tasks[task] = state
         return tasks
 
-    def live(self) -> dict[str, str]:
-        """The tests' tasks that are pending, running or still completing."""
-        return self.jobs("PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED")
+    def live(self, prefix: str = JOB_PREFIX) -> dict[str, str]:
+        """The tests' tasks (named ``prefix...``) that are pending, running or still completing."""
+        return self.jobs("PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED", prefix)
 
     def wait_until_idle(self, timeout_s: float) -> dict[str, str]:
         """Wait until no test task is live; returns what is still live (empty on success)."""
@@ -125,15 +130,3 @@ def slurm(slurm_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
     """The cluster, with every job a test left behind cancelled after it."""
     yield slurm_cluster
     slurm_cluster.cancel_all()
-
-
-@pytest.fixture(scope="session")
-def gala(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The gala crop with synthetic affinities (a test input, see configs/gala_ci.yaml)."""
-    from blockwise.synthetic import synthesize_affinities_file
-
-    from datafiles import require_data
-
-    out = tmp_path_factory.mktemp("gala") / "gala_synth.zarr"
-    synthesize_affinities_file(require_data("gala_fib_train.h5"), "labels", out, seed=0)
-    return out

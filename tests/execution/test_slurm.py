@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,13 +23,17 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from daisy.v2 import Context
 
 from blockwise.config import SlurmConfig, load_config, parse_config
 from blockwise.errors import BlockwiseError, ConfigError
 from blockwise.execution import open_profile, worker_command
 from blockwise.execution.slurm import (
     JOBS_FILE,
+    TEARDOWN_GRACE_S,
     SlurmError,
+    SlurmProfile,
+    SlurmWorker,
     array_spec,
     cluster_max_array_size,
     sbatch_options,
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
 
 BLOCKWISE = str(Path(sys.executable).with_name("blockwise"))
 EXAMPLE = REPO / "configs" / "gala_slurm.yaml"
+#: task states in which a task may still run (squeue)
+LIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"})
 
 
 def example_config(gala: Path, run_dir: Path, **slurm: Any) -> dict[str, Any]:
@@ -83,6 +90,78 @@ def arrays(path: Path) -> dict[str, np.ndarray]:
         )
     )
     return found
+
+
+def assert_same_outputs(run_dir: Path, reference: Path) -> None:
+    """``run_dir``'s output arrays are byte-identical to ``reference``'s, segmentations included."""
+    ours = arrays(run_dir / "output.zarr")
+    theirs = arrays(reference / "output.zarr")
+    assert sorted(ours) == sorted(theirs)
+    assert any(name.startswith("segmentation/") for name in ours), sorted(ours)
+    for name, array in ours.items():
+        assert array.dtype == theirs[name].dtype, name
+        assert array.tobytes() == theirs[name].tobytes(), name
+
+
+def run_driver(path: Path, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    """``blockwise run PATH --no-progress`` to its end, its output captured."""
+    return subprocess.run(
+        [BLOCKWISE, "run", str(path), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def start_driver(path: Path, log: Path, own_group: bool = False) -> subprocess.Popen[bytes]:
+    """``blockwise run PATH --no-progress`` in the background, stdout and stderr to ``log``.
+
+    Args:
+        path: the config.
+        log: where the driver's output goes.
+        own_group: start the driver in a session and process group of its own,
+            which a terminal's Ctrl-C would reach as a whole (``os.killpg``).
+    """
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [BLOCKWISE, "run", str(path), "--no-progress"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_group,
+        )
+
+
+def run_prefix(run_dir: Path) -> str:
+    """The name prefix of every job of the run named after ``run_dir`` (see example_config)."""
+    return f"blockwise-{run_dir.name}-"
+
+
+def settled_states(cluster: SlurmCluster, run_dir: Path, timeout_s: float) -> dict[str, str]:
+    """Wait until no task of the run's ledger is live; the state of each of them then.
+
+    Raises:
+        AssertionError: naming the live tasks, if some are still live after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = tasks_of(cluster, ledger(run_dir))  # every array submitted so far
+        live = {t: s for t, s in states.items() if s in LIVE_STATES}
+        if not live:
+            return states
+        assert time.monotonic() < deadline, f"still live after {timeout_s} s: {live}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def local_reference(gala: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example config run undisturbed by worker processes on this machine."""
+    run_dir = tmp_path_factory.mktemp("reference") / "local"
+    data = example_config(gala, run_dir)
+    data["execution"] = {"profile": "local", "num_workers": 2}
+    result = run(parse_config(data), progress=False)
+    assert result.ok, result.summary()
+    return run_dir
 
 
 # --------------------------------------------------------------------------- no cluster needed
@@ -165,13 +244,7 @@ def test_sqlite_store_is_refused_pointing_at_mongodb(tmp_path: Path, gala: Path)
     data = example_config(gala, tmp_path / "run")
     del data["execution"]["slurm"]["allow_sqlite_on_cluster"]
     path = write_config(data, tmp_path / "sqlite.yaml")
-    proc = subprocess.run(
-        [BLOCKWISE, "run", str(path), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = run_driver(path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "graph store is SQLite" in proc.stderr
     assert "mongodb://" in proc.stderr and "allow_sqlite_on_cluster" in proc.stderr
@@ -205,13 +278,7 @@ def test_unknown_partition_ends_the_run_naming_the_stage(
     data = example_config(gala, tmp_path / "refused")
     data["execution"]["slurm"]["stages"] = {"agglomerate": {"partition": "nosuch"}}
     path = write_config(data, tmp_path / "refused.yaml")
-    proc = subprocess.run(
-        [BLOCKWISE, "run", str(path), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = run_driver(path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "stage agglomerate: SLURM refuses its job options ['--cpus-per-task=1'" in proc.stderr
     assert "invalid partition specified: nosuch" in proc.stderr
@@ -277,10 +344,111 @@ def test_a_task_whose_driver_is_gone_exits_cleanly(
     assert slurm.jobs().get(job) == "COMPLETED"
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("listening", [True, False], ids=["scheduler-listens", "scheduler-gone"])
+def test_a_failed_worker_fails_its_task_unless_its_scheduler_is_gone(
+    slurm: SlurmCluster, tmp_path: Path, listening: bool
+) -> None:
+    # a worker whose driver was stopped loses its scheduler mid-block and exits
+    # non-zero: its task must end COMPLETED (the run ended, not the task), while a
+    # worker failing under a live scheduler fails its task (a dirty worker exit)
+    scheduler = socket.create_server(("127.0.0.1", 0))
+    port = scheduler.getsockname()[1]
+    if not listening:
+        scheduler.close()
+    run_dir = tmp_path / "failing"
+    worker = SlurmWorker(
+        stage="extract_fragments",
+        run_dir=str(run_dir),
+        session="test",
+        command=("bash", "-c", "echo 'lost the scheduler' >&2; exit 3"),
+        options=(),
+        job_name=f"{run_prefix(run_dir)}extract_fragments",
+        num_tasks=1,
+        max_array_size=1001,
+        max_parallel=None,
+        poll_interval_s=0.5,
+    )
+    context = Context(hostname="127.0.0.1", port=str(port), task_id="extract_fragments")
+    try:
+        job = worker._submit(1, context)  # the stage's batch script, as the profile submits it
+        task = f"{job}_0"
+        deadline = time.monotonic() + 120
+        while slurm.jobs().get(task) not in {"COMPLETED", "FAILED", "CANCELLED"}:
+            assert time.monotonic() < deadline, slurm.jobs()
+            time.sleep(0.2)
+    finally:
+        scheduler.close()
+    log = (run_dir / "logs" / "slurm" / f"extract_fragments-{task}.out").read_text()
+    assert "lost the scheduler" in log
+    if listening:
+        assert slurm.jobs()[task] == "FAILED", log
+        assert worker.exit_path(task).read_text().strip() == "3"
+    else:
+        assert slurm.jobs()[task] == "COMPLETED", log
+        assert worker.exit_path(task).read_text().strip() == "0"
+        assert (
+            f"the worker exited with 3 after the driver's scheduler at 127.0.0.1:{port} "
+            "stopped listening"
+        ) in log
+
+
+@pytest.mark.timeout(120)
+def test_a_second_signal_ends_the_teardown_grace_but_not_the_cancelling(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    # after a run the runner caught a Ctrl-C for, the teardown gives running tasks
+    # a grace period to exit by themselves; a task that never does (a long block)
+    # must not keep a user who presses Ctrl-C again waiting, nor escape the cancel
+    run_dir = tmp_path / "teardown"
+    profile = SlurmProfile(RunContext(parse_config(example_config(tmp_path / "no.zarr", run_dir))))
+    run_dir.mkdir()
+    job = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--job-name={run_prefix(run_dir)}sleeper",
+            "--output=/dev/null",
+            "--wrap=sleep 300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    profile.ledger.add(
+        {"job_id": job, "name": f"{run_prefix(run_dir)}sleeper", "stage": "x", "session": "s"}
+    )
+    deadline = time.monotonic() + 60
+    while slurm.jobs().get(job) != "RUNNING":
+        assert time.monotonic() < deadline, slurm.jobs()
+        time.sleep(0.2)
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def second_ctrl_c() -> None:
+        # only into the teardown's own handler: a KeyboardInterrupt would end pytest
+        if signal.getsignal(signal.SIGINT) is not before:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(1.0, second_ctrl_c)
+    start = time.monotonic()
+    timer.start()
+    profile.teardown()
+    took = time.monotonic() - start
+    timer.join()
+    assert took < TEARDOWN_GRACE_S, f"the teardown waited {took:.1f} s despite the signal"
+    assert signal.getsignal(signal.SIGINT) is before
+    deadline = time.monotonic() + 30
+    while slurm.jobs().get(job) != "CANCELLED":
+        assert time.monotonic() < deadline, slurm.jobs()
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_pipeline_runs_one_array_per_stage_and_matches_the_local_run(
-    slurm: SlurmCluster, gala: Path, tmp_path: Path
+    slurm: SlurmCluster, gala: Path, local_reference: Path, tmp_path: Path
 ) -> None:
     data = example_config(gala, tmp_path / "on_slurm")
     config = parse_config(data)
@@ -313,74 +481,109 @@ def test_pipeline_runs_one_array_per_stage_and_matches_the_local_run(
             assert f"worker for {job['stage']}: " in log.read_text(), log
 
     # the same run with worker processes on this machine writes the same bytes
-    local = dict(data, name="local", run_dir=str(tmp_path / "local"))
-    local["execution"] = {"profile": "local", "num_workers": 2}
-    local_result = run(parse_config(local), progress=False)
-    assert local_result.ok, local_result.summary()
-    on_slurm = arrays(config.run_dir / "output.zarr")
-    on_local = arrays(tmp_path / "local" / "output.zarr")
-    assert sorted(on_slurm) == sorted(on_local)
-    assert any(name.startswith("segmentation/") for name in on_slurm)
-    for name, array in on_slurm.items():
-        assert array.dtype == on_local[name].dtype, name
-        assert array.tobytes() == on_local[name].tobytes(), name
+    assert_same_outputs(config.run_dir, local_reference)
 
 
-def wait_for_running_task(
+def wait_for_blocks(
     cluster: SlurmCluster, run_dir: Path, driver: subprocess.Popen[bytes], timeout_s: float
-) -> list[dict[str, Any]]:
-    """Wait until the run has submitted its first stage and one of its tasks runs."""
+) -> dict[str, str]:
+    """Wait until a task of the run runs and has written a fragment chunk.
+
+    So the signal comes while array tasks are connected to the driver and
+    processing blocks, not while they are still starting.
+
+    Returns:
+        the state of every task of the run's jobs then.
+    """
+    fragments = run_dir / "output.zarr" / "fragments"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert driver.poll() is None, "the driver ended before its jobs ran"
-        if (run_dir / JOBS_FILE).exists():
-            jobs = ledger(run_dir)
-            if "RUNNING" in tasks_of(cluster, jobs).values():
-                return jobs
-        time.sleep(0.2)
-    raise AssertionError(f"no task of the run was running after {timeout_s} s")
+        if (run_dir / JOBS_FILE).exists() and any(fragments.glob("*.*.*")):
+            states = tasks_of(cluster, ledger(run_dir))
+            if "RUNNING" in states.values():
+                return states
+        time.sleep(0.05)
+    raise AssertionError(f"no task of the run was processing blocks after {timeout_s} s")
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
-# SIGINT and SIGTERM of the driver are not covered yet: daisy's run loop handles
-# SIGINT itself, and whether the teardown then cancels every job in time is open
-@pytest.mark.parametrize("signum", [signal.SIGKILL])
-def test_stopping_the_driver_cancels_every_job(
-    slurm: SlurmCluster, gala: Path, tmp_path: Path, signum: signal.Signals
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [
+        (signal.SIGINT, False),
+        (signal.SIGTERM, False),
+        (signal.SIGKILL, False),
+        (signal.SIGINT, True),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGKILL", "Ctrl-C"],
+)
+def test_stopping_the_driver_cancels_every_job_and_the_same_command_resumes(
+    slurm: SlurmCluster,
+    gala: Path,
+    local_reference: Path,
+    tmp_path: Path,
+    signum: signal.Signals,
+    to_group: bool,
 ) -> None:
+    # The signal goes to the driver alone (`kill PID`), or, as Ctrl-C in its
+    # terminal sends it, to its whole process group: daisy's worker slots and the
+    # SLURM commands they run get it too. It comes while array tasks process
+    # blocks, so a task may lose its scheduler mid-block.
     # 3 workers in arrays of at most 2, one task of each running at a time:
     # arrays 0-1%1 and 0-0%1, so two tasks run and one waits when the signal comes
-    run_dir = tmp_path / f"stopped_{signum.name.lower()}"
+    name = f"{signum.name}_to_group" if to_group else signum.name
+    run_dir = tmp_path / f"stopped_{name.lower()}"
     data = example_config(gala, run_dir, max_array_size=2, max_parallel=1)
     path = write_config(data, tmp_path / "stopped.yaml")
-    with open(tmp_path / "driver.log", "wb") as log:
-        driver = subprocess.Popen(
-            [BLOCKWISE, "run", str(path), "--no-progress"], stdout=log, stderr=subprocess.STDOUT
-        )
+    log = tmp_path / "driver.log"
+    driver = start_driver(path, log, own_group=to_group)
     try:
-        jobs = wait_for_running_task(slurm, run_dir, driver, timeout_s=240)
+        before = wait_for_blocks(slurm, run_dir, driver, timeout_s=240)
         # the second array (of 1 task) may not be submitted yet when a task runs
-        assert jobs and all(j["stage"] == "extract_fragments" for j in jobs), jobs
-        os.kill(driver.pid, signum)
-        driver.wait(timeout=60)
+        assert all(j["stage"] == "extract_fragments" for j in ledger(run_dir))
+        assert "PENDING" in before.values(), before
+        sent = time.monotonic()
+        if to_group:
+            os.killpg(driver.pid, signum)
+        else:
+            os.kill(driver.pid, signum)
+        # within seconds (1-2 s here): no grace period or back-off is waited out
+        driver.wait(timeout=30)
+        driver_s = time.monotonic() - sent
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+    out = log.read_text()
     # the driver's teardown (or, after SIGKILL, the orphaned worker slots) cancels
-    # every job: nothing of the run stays in the queue. A task that was running may
-    # also end COMPLETED: a worker whose driver is gone exits cleanly.
-    jobs = ledger(run_dir)  # every array the run submitted, to the end
-    live = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"}
-    deadline = time.monotonic() + 30
-    while set(tasks_of(slurm, jobs).values()) & live:
-        assert time.monotonic() < deadline, tasks_of(slurm, jobs)
-        time.sleep(0.5)
-    assert not slurm.wait_until_idle(30)
-    states = tasks_of(slurm, jobs)
+    # every job: nothing of the run stays in the queue. A running task may also end
+    # COMPLETED: a worker whose scheduler is gone exits cleanly.
+    states = settled_states(slurm, run_dir, timeout_s=60)
+    settled_s = time.monotonic() - sent
+    print(
+        f"{name}: driver exited after {driver_s:.1f} s (code {driver.returncode}); "
+        f"every task of the run settled after {settled_s:.1f} s: {states}"
+    )
     assert states and set(states.values()) <= {"CANCELLED", "COMPLETED"}, states
-    assert "CANCELLED" in states.values(), states  # the task still waiting never ran
+    # a task still waiting at the signal is cancelled, or, started by SLURM when a
+    # running task of its array ended, finds no scheduler and exits at once
+    for task, state in before.items():
+        # squeue may list a cancelled task of a one-task array under the job id alone
+        if state == "PENDING" and states.get(task, states.get(task.split("_")[0])) != "CANCELLED":
+            log = run_dir / "logs" / "slurm" / f"extract_fragments-{task}.out"
+            assert "not reachable; assuming the run has ended" in log.read_text(), task
+    assert not slurm.live(run_prefix(run_dir)), "squeue still lists jobs of the run"
     if signum != signal.SIGKILL:
-        assert driver.returncode != 0
-        assert "cancelled SLURM job(s)" in (tmp_path / "driver.log").read_text()
+        assert driver.returncode == 128 + signum, out
+        assert "Traceback" not in out, out
+        assert "Run summary" in out and f"interrupted by {signum.name}" in out, out
+        assert f"resume with\n  blockwise run {path}\n" in out, out
+
+    # the same command finishes the run, which ends identical to an undisturbed one
+    resumed = run_driver(path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Run summary" in resumed.stdout, resumed.stdout
+    assert_same_outputs(run_dir, local_reference)
+    assert not slurm.live(run_prefix(run_dir)), "squeue still lists jobs of the run"
