@@ -52,8 +52,14 @@ class StageProgress:
             )
         return self._bars[name]
 
+    #: seconds between two looks at daisy's states (it reports every block event,
+    #: thousands a second on small blocks); stage times are as coarse as this
+    MIN_INTERVAL_S = 0.05
+
     def _update(self, states: dict[str, Any], final: bool = False) -> None:
         now = time.monotonic()
+        if not final and now - self._last_update < self.MIN_INTERVAL_S:
+            return
         for name in self.order:
             if name not in states:
                 continue

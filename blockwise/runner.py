@@ -75,7 +75,7 @@ class _RecordingProgress(StageProgress):
         self.states: dict[str, Any] = {}
 
     def _update(self, states: dict[str, Any], final: bool = False) -> None:
-        self.states = dict(states)
+        self.states = states  # every call: an interrupted run reports the latest
         super()._update(states, final)
 
 
@@ -406,7 +406,7 @@ def run(
                 unrecorded = e
     finally:
         guard.stop()
-        profile.teardown()
+        profile.teardown(interrupted=interrupted)
         lock.release()
     # the in-process profile times its stages itself (daisy's serial mode reports
     # no progress while blocks run)

@@ -94,14 +94,19 @@ class BlockTimeLog:
         # opened at the first block and kept open: one write per block, no open/close
         self._file: TextIO | None = None
         self._flushed = 0.0
+        # the line's constant parts, JSON-encoded once
+        self._stage_json = json.dumps(stage)
+        self._worker_json = json.dumps(self.worker)
 
     def record(self, block: int, start: float, end: float) -> None:
         """Record that ``block`` ran from ``start`` to ``end`` (seconds since the epoch).
 
         A failure to write is logged, never raised: timings must not fail a block.
         """
-        record = {"stage": self.stage, "block": int(block), "worker": self.worker}
-        line = json.dumps({**record, "start": start, "end": end})
+        line = (
+            f'{{"stage": {self._stage_json}, "block": {int(block)}, '
+            f'"worker": {self._worker_json}, "start": {start!r}, "end": {end!r}}}'
+        )
         try:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

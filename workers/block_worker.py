@@ -16,6 +16,7 @@ import sys
 
 import daisy.v2 as daisy
 
+from blockwise.execution.local import scheduler_gone
 from blockwise.run_context import RunContext
 from blockwise.stage import split_task_name
 from blockwise.stage_worker import StageWorker
@@ -37,18 +38,26 @@ def serve(config_path: str, stage_name: str) -> int:
     done = failed = 0
     try:
         while True:
-            with client.acquire_block() as block:
-                if block is None:
-                    break
-                try:
-                    worker.process(block.read_roi, block.write_roi)
-                    done += 1
-                except Exception:
-                    # StageWorker recorded the failure (ROI, error, traceback file in
-                    # RUN_DIR/failures/); daisy is told without the traceback, which its
-                    # scheduler would print on the driver's terminal for every attempt
-                    block.status = daisy.BlockStatus.FAILED
-                    failed += 1
+            try:
+                with client.acquire_block() as block:
+                    if block is None:
+                        break
+                    try:
+                        worker.process(block.read_roi, block.write_roi)
+                        done += 1
+                    except Exception:
+                        # StageWorker recorded the failure (ROI, error, traceback file in
+                        # RUN_DIR/failures/); daisy is told without the traceback, which its
+                        # scheduler would print on the driver's terminal for every attempt
+                        block.status = daisy.BlockStatus.FAILED
+                        failed += 1
+            except (RuntimeError, OSError) as e:
+                # talking to the scheduler failed: if it is gone, the run ended or was
+                # stopped (the block in hand, if any, runs again on resume)
+                if not scheduler_gone(daisy.Context.from_env()):
+                    raise
+                logger.warning("the scheduler is gone (%s): the run ended or was stopped", e)
+                break
     finally:
         worker.close()
         ctx.close()

@@ -46,8 +46,13 @@ class ExecutionProfile(Protocol):
     def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
         """daisy's ``process_function`` for ``task`` (a stage, or one level of it)."""
 
-    def teardown(self) -> None:
-        """Stop everything the profile started; safe to call more than once."""
+    def teardown(self, interrupted: bool = False) -> None:
+        """Stop everything the profile started; safe to call more than once.
+
+        Args:
+            interrupted: the run was stopped (Ctrl-C, SIGTERM): stop at once,
+                without waiting for anything to finish by itself.
+        """
 
 
 def open_profile(ctx: RunContext, in_process: bool = False) -> ExecutionProfile:

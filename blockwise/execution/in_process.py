@@ -52,7 +52,7 @@ class InProcessProfile:
             if w.first_start is not None and w.last_end is not None
         }
 
-    def teardown(self) -> None:
+    def teardown(self, interrupted: bool = False) -> None:
         """Leave every stage's setup."""
         for worker in self._workers:
             worker.close()

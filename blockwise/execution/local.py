@@ -271,5 +271,5 @@ class LocalProfile:
         timeout_s = ctx.config.execution.block_timeout_s
         return LocalWorker(str(self.config_path), task.name, gpus, timeout_s)
 
-    def teardown(self) -> None:
+    def teardown(self, interrupted: bool = False) -> None:
         """Nothing to stop: every worker dies with its daisy worker process or the driver."""

@@ -960,18 +960,19 @@ class SlurmProfile:
             poll_interval_s=self.settings.poll_interval_s,
         )
 
-    def teardown(self) -> None:
+    def teardown(self, interrupted: bool = False) -> None:
         """Cancel every job of the run that is still pending or running; safe to call again.
 
         Called while an exception propagates (a failure, a signal the runner did
-        not catch), it cancels at once. Otherwise (a clean end, or a stop the
-        runner caught and summarised) it cancels pending tasks at once and gives
+        not catch) or after a stop (``interrupted``: Ctrl-C, SIGTERM), it cancels
+        at once: a running task may be inside a long block. Otherwise (a clean
+        end) it cancels pending tasks at once and gives
         running ones, whose scheduler is gone, up to ``TEARDOWN_GRACE_S`` to exit
         by themselves (so they end COMPLETED; a stopped run's tasks exit after
         their current block). A SIGINT or SIGTERM meanwhile ends that grace at
         once; no signal interrupts the cancelling.
         """
-        aborting = sys.exc_info()[0] is not None
+        aborting = interrupted or sys.exc_info()[0] is not None
         previous: dict[signal.Signals, Any] = {}
         hurry: list[int] = []
         if threading.current_thread() is threading.main_thread():

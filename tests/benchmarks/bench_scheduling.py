@@ -3,8 +3,9 @@
 Two measurements, each run in its own subprocess (so that each driver's CPU
 time and peak memory are its own):
 
-1. **Overhead per block** (``--blocks``, default 1000 and 4000): a run of one
-   no-op stage over N blocks with W local workers,
+1. **Overhead per block** (``--blocks``, default 2000 and 8000, each
+   ``--repeats`` times): a run of one no-op stage over N blocks with W local
+   workers,
 
    * ``blockwise``: ``blockwise.runner.run`` of a config whose only stage is
      a no-op (its block function returns at once). Everything else is the
@@ -38,7 +39,7 @@ directory; a ``sitecustomize`` there makes it the only entry of the stage
 registry in the driver and in every worker (the registry is otherwise the
 library's own; nothing in ``blockwise/`` knows about this benchmark).
 
-    python tests/benchmarks/bench_scheduling.py [--blocks 1000 4000]
+    python tests/benchmarks/bench_scheduling.py [--blocks 2000 8000] [--repeats 3]
         [--driver-blocks 100000] [--workers 2] [--json PATH] [--skip-driver]
 
 The machine is shared and noisy: compare numbers of one invocation only.
@@ -50,6 +51,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -259,9 +261,12 @@ def measure(work: Path, kind: str, blocks: int, workers: int, tag: str) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, nargs=2, default=[1000, 4000])
+    parser.add_argument("--blocks", type=int, nargs=2, default=[2000, 8000])
     parser.add_argument("--driver-blocks", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repeats of the overhead runs (median)"
+    )
     parser.add_argument("--skip-driver", action="store_true", help="only the overhead runs")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", nargs=2, metavar=("KIND", "CONFIG"), help=argparse.SUPPRESS)
@@ -280,9 +285,9 @@ def main() -> None:
         (work / "sitecustomize.py").write_text(SITECUSTOMIZE)
         runs: dict[str, list[dict[str, Any]]] = {"blockwise": [], "daisy": []}
         # interleaved, so that load on the shared machine hits both alike
-        for n in args.blocks:
+        for repeat, n in [(r, n) for r in range(args.repeats) for n in args.blocks]:
             for kind in ("daisy", "blockwise"):
-                r = measure(work, kind, n, args.workers, f"{n}")
+                r = measure(work, kind, n, args.workers, f"{n}_{repeat}")
                 r["per_block_ms"] = 1e3 * r["block_span_s"] / r["blocks"]
                 r["fixed_s"] = r["wall_s"] - r["block_span_s"]
                 runs[kind].append(r)
@@ -295,12 +300,14 @@ def main() -> None:
                     f"{r['driver_peak_rss_mib']:.0f} MiB",
                     flush=True,
                 )
-        per_block = {k: sum(r["per_block_ms"] for r in v) / len(v) for k, v in runs.items()}
-        fixed = {k: sum(r["fixed_s"] for r in v) / len(v) for k, v in runs.items()}
+        # medians over sizes and repeats: the machine is shared and noisy
+        per_block = {k: statistics.median(r["per_block_ms"] for r in v) for k, v in runs.items()}
+        fixed = {k: statistics.median(r["fixed_s"] for r in v) for k, v in runs.items()}
         ratio = per_block["blockwise"] / per_block["daisy"]
         largest = runs["blockwise"][-1]["wall_s"] / runs["daisy"][-1]["wall_s"]
         print(
-            f"blockwise / daisy: per block {ratio:.2f}x (target <= 1.2); start and end "
+            f"medians: blockwise / daisy per block {ratio:.2f}x (target <= 1.2) "
+            f"({per_block['blockwise']:.3f} / {per_block['daisy']:.3f} ms); start and end "
             f"{fixed['blockwise']:.2f} s / {fixed['daisy']:.2f} s; wall at "
             f"{runs['blockwise'][-1]['blocks']} blocks {largest:.2f}x"
         )
