@@ -32,9 +32,11 @@ re-runs exactly those. :func:`verify_outputs` (``blockwise status
 --verify``) reads every chunk of every finished block and compares the graph
 store with the fragments block by block.
 
-Which stage writes which outputs is listed here, by stage name; a stage not
-listed (or run by octree levels) has no outputs of its own checked, but is
-re-run whenever something it reads is.
+Which stage writes which outputs is listed here, by stage name: zarr chunks
+per block, other files per block (the hierarchy's leaves and seams, written
+by agglomerate), whole-volume files, and the task files of a stage run by
+octree levels (any of them damaged re-runs the stage). A stage not listed has
+no outputs of its own checked, but is re-run whenever something it reads is.
 """
 
 from __future__ import annotations
@@ -266,7 +268,24 @@ OUTPUT_ARRAYS: dict[str, Callable[[RunContext], list[tuple[str, Volume | None]]]
     "extract_fragments": _fragments_arrays,
     "relabel": _relabel_arrays,
 }
+
+
 # whole-volume stages: the files their one block wrote
+def _agglomerate_block_files(ctx: RunContext, block: int) -> list[Path]:
+    """The files an agglomerate block of the hierarchical method may write (leaf always)."""
+    if ctx.config.segments.method != "hierarchical":
+        return []
+    from blockwise.hierarchy_files import octree_of
+
+    layout = ctx.layout
+    seams = [layout.seam_path(level, block) for level in range(octree_of(ctx).n_levels)]
+    return [layout.leaf_path(block), *seams]
+
+
+#: per-block files (beyond zarr chunks) a block of the stage writes; the first must exist
+OUTPUT_BLOCK_FILES: dict[str, Callable[[RunContext, int], list[Path]]] = {
+    "agglomerate": _agglomerate_block_files,
+}
 OUTPUT_FILES: dict[str, Callable[[RunContext], list[Path]]] = {
     "find_segments": _find_segments_files,
     "evaluate": _evaluate_files,
@@ -662,6 +681,93 @@ def _check_block_arrays(
                     recorded[key] = stat
 
 
+def _block_files_key(index: int) -> str:
+    return f"block_{index}"
+
+
+def _check_block_files(ctx: RunContext, check: _StageCheck, manifest: Manifest, full: bool) -> None:
+    """Check the per-block files (hierarchy leaves and seams) of every finished block.
+
+    A recorded file that is gone, or changed and unreadable, damages its
+    block; a block finished but not recorded yet (the run that finished it was
+    interrupted) must have its first file, and what it has is recorded.
+    """
+    files_of = OUTPUT_BLOCK_FILES.get(check.stage.name)
+    if files_of is None or check.done is None:
+        return
+    for index in _done_indices(check.done):
+        if index in check.damaged:
+            continue
+        key = _block_files_key(index)
+        known = manifest.get(key)
+        if known is None:
+            paths = files_of(ctx, index)
+            if paths and _stat(paths[0]) is None:
+                check.damaged[index] = f"output file {paths[0]} is missing"
+                continue
+            known = {}
+            candidates = [str(p) for p in paths]
+        else:
+            candidates = list(known)
+        recorded = check.recorded.setdefault(key, {})
+        for name in candidates:
+            path = Path(name)
+            stat = _stat(path)
+            if stat is None:
+                if name in known:
+                    check.damaged[index] = f"output file {path} is missing"
+                    break
+                continue  # a file this block did not write
+            if known.get(name) != stat or full:
+                problem = _unreadable_file(path)
+                if problem is not None:
+                    check.damaged[index] = f"output file {path} cannot be read: {problem}"
+                    break
+                recorded[name] = stat
+
+
+def _level_task_files(ctx: RunContext, stage: Stage) -> list[Path] | None:
+    """The task files of the finished nodes of a stage run by levels (None: none run)."""
+    if stage.levels is None:
+        return None
+    tiling = stage.tiling(ctx)
+    files = []
+    for level in range(stage.levels(ctx)):
+        done = grid_done(
+            read_done(ctx.layout.tracking_dir(stage.name) / f"level_{level}"),
+            tiling.coarsened(level),
+        )
+        if done is None or not done.any():
+            continue
+        from blockwise.hierarchy_files import octree_of
+
+        # a done marker sits at the task's grid position; its file is named by octree node
+        positions = np.stack(np.nonzero(done), axis=1).astype(np.int64)
+        nodes = octree_of(ctx).node_id(level, positions)
+        files += [ctx.layout.task_path(level, int(node)) for node in nodes]
+    return files
+
+
+def _check_level_files(ctx: RunContext, check: _StageCheck, manifest: Manifest, full: bool) -> None:
+    """Check the task files of a stage run by levels; any damage re-runs the whole stage."""
+    files = _level_task_files(ctx, check.stage)
+    if not files:
+        return
+    known = manifest.get("files", {})
+    recorded = check.recorded.setdefault("files", {})
+    for path in files:
+        stat = _stat(path)
+        if stat is None:
+            check.damaged[ALL] = f"output file {path} is missing"
+            return
+        if known.get(str(path)) != stat or full:
+            problem = _unreadable_file(path)
+            if problem is not None:
+                check.damaged[ALL] = f"output file {path} cannot be read: {problem}"
+                return
+            recorded[str(path)] = stat
+
+
 def _check_files(ctx: RunContext, check: _StageCheck, manifest: Manifest, full: bool) -> None:
     """Check the files of a finished whole-volume stage."""
     files_of = OUTPUT_FILES.get(check.stage.name)
@@ -731,10 +837,13 @@ def _checks(ctx: RunContext, stages: list[Stage], full: bool) -> dict[str, _Stag
             done = grid_done(read_done(ctx.layout.tracking_dir(stage.name)), tiling)
         check = _StageCheck(stage, tiling, done)
         manifest = read_manifest(ctx.layout, stage.name)
-        if tiling.is_whole:
+        if stage.levels is not None:
+            _check_level_files(ctx, check, manifest, full)
+        elif tiling.is_whole:
             _check_files(ctx, check, manifest, full)
         else:
             _check_block_arrays(ctx, check, manifest, full)
+            _check_block_files(ctx, check, manifest, full)
         checks[stage.name] = check
     if not full:
         for name, blocks in _read_verified_damage(ctx.layout).items():
@@ -872,6 +981,8 @@ def _clear(ctx: RunContext, check: _StageCheck, blocks: set[int], manifest: Mani
         return 0
     shape = check.done.shape
     clear_done(tracking, [tuple(int(p) for p in np.unravel_index(i, shape)) for i in indices])
+    for index in indices:  # a re-run block records the files it writes then
+        manifest.pop(_block_files_key(index), None)
     arrays_of = OUTPUT_ARRAYS.get(check.stage.name)
     if arrays_of is not None:
         for dataset, volume in arrays_of(ctx):
@@ -952,6 +1063,23 @@ def _ensure_store_token(ctx: RunContext, stages: list[Stage]) -> None:
         write_atomic(path, token + "\n")
 
 
+def _record_level_files(ctx: RunContext, stage: Stage) -> None:
+    """Record size and mtime of the task files of a stage run by levels."""
+    files = _level_task_files(ctx, stage)
+    if not files:
+        return
+    manifest = read_manifest(ctx.layout, stage.name)
+    entries = manifest.setdefault("files", {})
+    changed = False
+    for path in files:
+        stat = _stat(path)
+        if stat is not None and str(path) not in entries:
+            entries[str(path)] = stat
+            changed = True
+    if changed:
+        write_manifest(ctx.layout, stage.name, manifest)
+
+
 def record_outputs(ctx: RunContext, stages: list[Stage]) -> None:
     """Record size and mtime of the outputs of every finished block (after a run's blocks).
 
@@ -960,6 +1088,7 @@ def record_outputs(ctx: RunContext, stages: list[Stage]) -> None:
     """
     for stage in stages:
         if stage.levels is not None:
+            _record_level_files(ctx, stage)
             continue
         tiling = stage.tiling(ctx)
         done = grid_done(read_done(ctx.layout.tracking_dir(stage.name)), tiling)
@@ -974,7 +1103,19 @@ def record_outputs(ctx: RunContext, stages: list[Stage]) -> None:
                 if stat is not None and str(path) not in entries:
                     entries[str(path)] = stat
                     changed = True
-        elif tiling.grid is not None and stage.name in OUTPUT_ARRAYS:
+        if tiling.grid is not None and stage.name in OUTPUT_BLOCK_FILES:
+            for index in _done_indices(done):
+                key = _block_files_key(index)
+                if key in manifest:
+                    continue
+                entries = {}
+                for path in OUTPUT_BLOCK_FILES[stage.name](ctx, index):
+                    stat = _stat(path)
+                    if stat is not None:
+                        entries[str(path)] = stat
+                manifest[key] = entries
+                changed = True
+        if tiling.grid is not None and stage.name in OUTPUT_ARRAYS:
             for dataset, volume in OUTPUT_ARRAYS[stage.name](ctx):
                 if volume is None:
                     continue

@@ -231,6 +231,33 @@ def test_nodes_the_store_lost_rerun_only_their_blocks(
     assert_identical(run_dir, reference)
 
 
+@pytest.mark.parametrize("damage", ["task file deleted", "leaf file deleted", "seam file garbled"])
+def test_damaged_hierarchy_files_are_found_and_recomputed(
+    gala: Path, tmp_path: Path, references: Callable[[str], Path], damage: str
+) -> None:
+    data, run_dir = finished(gala, tmp_path, "hierarchical")
+    hierarchy = run_dir / "hierarchy"
+    if damage == "task file deleted":
+        sorted((hierarchy / "tasks" / "level_1").glob("node_*.npz"))[0].unlink()
+    elif damage == "leaf file deleted":
+        (hierarchy / "leaves" / "block_5.npz").unlink()
+    else:
+        seam = sorted((hierarchy / "edges" / "level_1").glob("block_*.npz"))[0]
+        seam.write_bytes(b"not an npz" * 10)
+    result = in_process(data)
+    done = done_counts(result)
+    if damage == "task file deleted":
+        assert done["agglomerate"] == 0  # the leaves are fine: only the octree re-runs
+    else:
+        assert done["agglomerate"] == 1  # the block that wrote the file
+    levels = [name for name in done if name.startswith("hierarchy_level_")]
+    assert levels and all(done[name] > 0 for name in levels)
+    assert done["find_segments"] == 1
+    assert_identical(run_dir, references("hierarchical"))
+    # nothing left to repair
+    assert sum(done_counts(in_process(data)).values()) == 0
+
+
 @pytest.mark.slow
 def test_status_verify_reads_every_chunk_and_the_next_run_repairs(
     gala: Path, tmp_path: Path, reference: Path
