@@ -58,7 +58,7 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 
 from blockwise.errors import ConfigError, DiskFullError, InputError, as_disk_full
-from blockwise.layout import AFFINITIES_DATASET, FRAGMENTS_DATASET, RunLayout
+from blockwise.layout import AFFINITIES_DATASET, FRAGMENTS_DATASET, MULTISCALE_GROUP, RunLayout
 from blockwise.run_context import RunContext
 from blockwise.stage import Stage, Tiling
 from blockwise.volume import (
@@ -254,6 +254,47 @@ def _relabel_arrays(ctx: RunContext) -> list[tuple[str, Volume | None]]:
     return [(name, _open_output_array(ctx, name, None)) for name in names]
 
 
+def _downsample_arrays(ctx: RunContext) -> list[tuple[str, Volume | None]]:
+    """Every level of every pyramid, each with its own voxel size (level 0's times factor**K)."""
+    names = [FRAGMENTS_DATASET] + [
+        ctx.layout.segmentation_dataset(t) for t in ctx.config.segments.thresholds
+    ]
+    if ctx.predicts:
+        names.insert(0, AFFINITIES_DATASET)
+    factor = Coordinate(ctx.config.downsample.factor)
+    arrays: list[tuple[str, Volume | None]] = []
+    for name in names:
+        image = ctx.output_path / MULTISCALE_GROUP / name
+        levels = sorted(
+            int(p.name[1:]) for p in image.glob("s*") if p.name[1:].isdigit() and p.is_dir()
+        )
+        if not levels:
+            arrays.append((f"{MULTISCALE_GROUP}/{name}/s0", None))
+            continue
+        for level in levels:
+            dataset = f"{MULTISCALE_GROUP}/{name}/s{level}"
+            if not (ctx.output_path / dataset / ".zarray").is_file():
+                arrays.append((dataset, None))
+                continue
+            array = zarr.open_array(str(ctx.output_path), mode="r", path=dataset)
+            voxel = ctx.voxel_size * Coordinate(f**level for f in factor)
+            channels = int(array.shape[0]) if array.ndim == 4 else None
+            shape = Coordinate(array.shape[-3:])
+            roi = Roi(ctx.data_roi.offset, voxel * shape)
+            volume = Volume(
+                ctx.output_path,
+                dataset,
+                voxel,
+                roi,
+                channels,
+                np.dtype(array.dtype),
+                array,
+                is_output=True,
+            )
+            arrays.append((dataset, volume))
+    return arrays
+
+
 def _find_segments_files(ctx: RunContext) -> list[Path]:
     return [ctx.lut_path(t) for t in ctx.config.segments.thresholds]
 
@@ -267,6 +308,7 @@ OUTPUT_ARRAYS: dict[str, Callable[[RunContext], list[tuple[str, Volume | None]]]
     "predict": _predict_arrays,
     "extract_fragments": _fragments_arrays,
     "relabel": _relabel_arrays,
+    "downsample": _downsample_arrays,
 }
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 RESOLVED_CONFIG = "config.yaml"
 OUTPUT_ZARR = "output.zarr"
 FRAGMENTS_DATASET = "fragments"
+#: the group of output.zarr holding one OME-Zarr image (pyramid) per volume a run writes
+MULTISCALE_GROUP = "multiscale"
 AFFINITIES_DATASET = "affinities"
 SEGMENTATION_GROUP = "segmentation"
 

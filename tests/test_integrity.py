@@ -231,6 +231,17 @@ def test_nodes_the_store_lost_rerun_only_their_blocks(
     assert_identical(run_dir, reference)
 
 
+def test_a_deleted_pyramid_chunk_is_rerun(gala: Path, tmp_path: Path, reference: Path) -> None:
+    data, run_dir = finished(gala, tmp_path)
+    level = run_dir / "output.zarr" / "multiscale" / "fragments" / "s1"
+    chunk = sorted(p for p in level.rglob("*") if p.is_file() and not p.name.startswith("."))[0]
+    chunk.unlink()
+    done = done_counts(in_process(data))
+    assert done["downsample"] == 1 and done["relabel"] == 0 and done["extract_fragments"] == 0
+    assert chunk.is_file()
+    assert_identical(run_dir, reference)
+
+
 @pytest.mark.parametrize("damage", ["task file deleted", "leaf file deleted", "seam file garbled"])
 def test_damaged_hierarchy_files_are_found_and_recomputed(
     gala: Path, tmp_path: Path, references: Callable[[str], Path], damage: str

@@ -27,7 +27,7 @@ from funlib.geometry import Coordinate
 from blockwise.config import RunConfig
 from blockwise.downsample import Method, downsample_levels, pyramid_shapes, require_pyramid
 from blockwise.errors import ConfigError
-from blockwise.layout import AFFINITIES_DATASET, FRAGMENTS_DATASET
+from blockwise.layout import AFFINITIES_DATASET, FRAGMENTS_DATASET, MULTISCALE_GROUP
 from blockwise.run_context import RunContext
 from blockwise.stage import BlockFunction, Stage, StageBlock, Tiling
 from blockwise.volume import Volume, remove_dataset
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 NAME = "downsample"
 # the group of output.zarr holding one OME-Zarr image per volume
-MULTISCALE_GROUP = "multiscale"
 # a block reads and holds this many level-0 voxels at most (1 GiB of uint64)
 MAX_BLOCK_VOXELS = 2**27
 
