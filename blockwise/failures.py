@@ -23,6 +23,7 @@ from pathlib import Path
 
 from funlib.geometry import Roi
 
+from blockwise.atomic import write_atomic
 from blockwise.errors import DiskFullError, as_disk_full
 
 FAILURES_DIR = "failures"
@@ -87,19 +88,12 @@ def record_failure(
         traceback,
         is_deterministic,
     )
-    tmp = path.with_suffix(".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(asdict(record), indent=1))
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        full = as_disk_full(e, path)
-        if full is None:
-            raise
+        write_atomic(path, json.dumps(asdict(record), indent=1))
+    except DiskFullError:
         if isinstance(error, DiskFullError) and _write_slot(run_dir, record):
             return
-        raise DiskFullError(path, full.reason) from None
+        raise
 
 
 def _slots_path(run_dir: Path) -> Path:

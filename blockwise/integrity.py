@@ -57,6 +57,7 @@ import numpy as np
 import zarr
 from funlib.geometry import Coordinate, Roi
 
+from blockwise.atomic import write_atomic
 from blockwise.errors import ConfigError, DiskFullError, InputError, as_disk_full
 from blockwise.layout import AFFINITIES_DATASET, FRAGMENTS_DATASET, MULTISCALE_GROUP, RunLayout
 from blockwise.run_context import RunContext
@@ -530,29 +531,6 @@ def read_manifest(layout: RunLayout, stage: str) -> Manifest:
         return {}
     data: Manifest = json.loads(path.read_text())
     return data
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``path`` through a temporary file and ``os.replace``: all of it or nothing.
-
-    Raises:
-        DiskFullError: if the disk is full (the temporary file is removed and
-            ``path`` keeps its old content).
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, str):
-            tmp.write_text(data)
-        else:
-            tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        full = as_disk_full(e, path)
-        if full is None:
-            raise
-        raise DiskFullError(path, full.reason) from None
 
 
 def write_manifest(layout: RunLayout, stage: str, manifest: Manifest) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from gala import gala_data
+from gala import assert_same_outputs, gala_data, outputs
 
 from blockwise.config import parse_config
 from blockwise.driver_lock import DriverLock
@@ -26,19 +26,8 @@ from blockwise.runner import reset, run
 BLOCKWISE = str(Path(sys.executable).with_name("blockwise"))
 
 
-def outputs(run_dir: Path) -> dict[str, np.ndarray]:
-    root = zarr.open_group(str(run_dir / "output.zarr"), mode="r")
-    arrays = {"fragments": root["fragments"][:]}
-    for name in root["segmentation"]:
-        arrays[name] = root["segmentation"][name][:]
-    return arrays
-
-
 def assert_identical(a: Path, b: Path) -> None:
-    left, right = outputs(a), outputs(b)
-    assert left.keys() == right.keys()
-    for name in left:
-        assert np.array_equal(left[name], right[name]), name
+    assert_same_outputs(a, b)
     assert (a / "evaluation.json").read_text().replace(str(a), "") == (
         b / "evaluation.json"
     ).read_text().replace(str(b), "")

@@ -39,9 +39,10 @@ from funlib.geometry import Roi
 from test_integrity import assert_identical, gala_data, in_process
 
 from blockwise import failures
+from blockwise.atomic import write_atomic
 from blockwise.errors import DiskFullError, as_disk_full, disk_full_as_error, mount_point
 from blockwise.geometry import IdRange
-from blockwise.integrity import TrackingGuard, allocate_tracking, read_done, write_atomic
+from blockwise.integrity import TrackingGuard, allocate_tracking, read_done
 from blockwise.store.sqlite import SQLiteGraphStore
 from blockwise.store.tables import NodeTable
 

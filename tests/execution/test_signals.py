@@ -27,11 +27,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
-import zarr
-from gala import gala_data
+from gala import assert_same_outputs, gala_data
 
 from blockwise.config import parse_config
 from blockwise.execution.local import scheduler_gone
@@ -57,19 +55,8 @@ def write_config(tmp_path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def outputs(run_dir: Path) -> dict[str, np.ndarray]:
-    root = zarr.open_group(str(run_dir / "output.zarr"), mode="r")
-    arrays = {"fragments": root["fragments"][:]}
-    for name in root["segmentation"]:
-        arrays[name] = root["segmentation"][name][:]
-    return arrays
-
-
 def assert_identical(run_dir: Path, reference: Path) -> None:
-    left, right = outputs(run_dir), outputs(reference)
-    assert left.keys() == right.keys()
-    for name in left:
-        assert np.array_equal(left[name], right[name]), name
+    assert_same_outputs(run_dir, reference)
     results = json.loads((run_dir / "evaluation.json").read_text())["results"]
     assert results == json.loads((reference / "evaluation.json").read_text())["results"]
 
