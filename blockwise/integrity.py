@@ -58,7 +58,7 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 
 from blockwise.atomic import write_atomic
-from blockwise.errors import ConfigError, DiskFullError, InputError, as_disk_full
+from blockwise.errors import ConfigError, DiskFullError, InputError, StoreError, as_disk_full
 from blockwise.layout import AFFINITIES_DATASET, FRAGMENTS_DATASET, MULTISCALE_GROUP, RunLayout
 from blockwise.run_context import RunContext
 from blockwise.stage import Stage, Tiling
@@ -556,12 +556,19 @@ def _record_store_counts(ctx: RunContext, stages: list[Stage]) -> None:
     if not any(s.name in STORE_WRITERS for s in stages):
         return
     store = ctx.store
-    counts = {
-        "token": store.get_meta(STORE_TOKEN_KEY),
-        "nodes": store.count_nodes(),
-        "edges": store.count_edges(),
-    }
-    write_atomic(integrity_dir(ctx.layout) / STORE_COUNTS_FILE, json.dumps(counts) + "\n")
+    path = integrity_dir(ctx.layout) / STORE_COUNTS_FILE
+    try:
+        counts = {
+            "token": store.get_meta(STORE_TOKEN_KEY),
+            "nodes": store.count_nodes(),
+            "edges": store.count_edges(),
+        }
+    except StoreError as e:
+        # the counts only speed up the next run's check: without them it skips it
+        logger.warning("cannot count the graph store's rows for the next run's check: %s", e)
+        path.unlink(missing_ok=True)
+        return
+    write_atomic(path, json.dumps(counts) + "\n")
 
 
 def _check_store_counts(ctx: RunContext, checks: dict[str, _StageCheck]) -> None:
