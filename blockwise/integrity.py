@@ -663,6 +663,18 @@ class _StageCheck:
     recorded: Manifest = field(default_factory=dict)
 
 
+def _block_chunks(volume: Volume, roi: Roi) -> list[tuple[int, ...]]:
+    """The chunks of ``volume`` a block writing ``roi`` wrote (none if they do not meet).
+
+    A coarse pyramid level may end short of level 0's extent (its shape is
+    rounded down), so a block's ROI is cut to the volume first.
+    """
+    inside = roi.intersect(volume.roi)
+    if inside.empty:
+        return []
+    return volume.chunks_of(inside)
+
+
 def _done_indices(done: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(done.ravel())]
 
@@ -690,7 +702,7 @@ def _check_block_arrays(
         for index in done:
             if index in check.damaged:
                 continue
-            for chunk in volume.chunks_of(grid.write_roi(index)):
+            for chunk in _block_chunks(volume, grid.write_roi(index)):
                 file = volume.chunk_file(chunk)
                 key = file.name
                 stat = _stat(file)
@@ -1017,7 +1029,7 @@ def _clear(ctx: RunContext, check: _StageCheck, blocks: set[int], manifest: Mani
             if volume is None or not entries:
                 continue
             for index in indices:
-                for chunk in volume.chunks_of(check.tiling.grid.write_roi(index)):
+                for chunk in _block_chunks(volume, check.tiling.grid.write_roi(index)):
                     entries.pop(volume.chunk_file(chunk).name, None)
     return len(indices)
 
@@ -1148,7 +1160,7 @@ def record_outputs(ctx: RunContext, stages: list[Stage]) -> None:
                     continue
                 entries = manifest.setdefault(dataset, {})
                 for index in _done_indices(done):
-                    for chunk in volume.chunks_of(tiling.grid.write_roi(index)):
+                    for chunk in _block_chunks(volume, tiling.grid.write_roi(index)):
                         file = volume.chunk_file(chunk)
                         if file.name in entries:
                             continue

@@ -1,16 +1,17 @@
-"""Stage 2: region merging inside each block (or, for ``hierarchical``, measuring only).
+"""Stage 2: measuring the region graph block by block; no block merges by score.
 
-With ``segments.method: hierarchical`` a block merges nothing: it measures
-the integer edge statistics of the pairs it owns and the levels of its
-fragments for the hierarchy stage (:func:`measure_block`). Otherwise:
+With ``segments.method: hierarchical`` a block measures the integer edge
+statistics of the pairs it owns and the levels of its fragments for the
+hierarchy stage (:func:`measure_block`). With ``global``:
 
 A block reads fragments and affinities of its read ROI (write ROI + context),
-re-joins basins that block faces cut into several fragments
-(:mod:`blockwise.stitching`), builds the region graph, merges regions in order
-of score up to ``merge_until``, and writes the edges (u, v), u < v, whose
-fragment u belongs to this block (fragment ids encode their block), with
-their initial score and the score at which u and v were merged (NaN if they
-never were; -1 for the halves of a cut basin, which merge unconditionally).
+finds the basins that block faces cut into several fragments
+(:mod:`blockwise.stitching`), builds the region graph with each edge's
+statistic for the configured scoring, and writes the edges (u, v), u < v,
+whose fragment u belongs to this block (fragment ids encode their block),
+with their initial score and statistic; the halves of a cut basin are marked
+with the merge score -1 (merged unconditionally). find_segments merges the
+whole graph once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from blockwise.store import EdgeTable
 logger = logging.getLogger(__name__)
 
 NAME = "agglomerate"
+#: merge threshold that no edge's score is below (scores are 1 - affinity >= 0)
+NO_SCORED_MERGES = 0.0
 
 
 def cut_basins(
@@ -51,10 +54,12 @@ def cut_basins(
 
 
 def agglomerate_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
-    """The edges owned by ``block``; writes nothing.
+    """``segments.method: global``: the edges owned by ``block`` with their statistics.
 
-    Cut basins are merged first (stored with ``CUT_MERGE_SCORE``). With ``segments.method:
-    global`` each edge also carries its affinity statistic for the global merge.
+    No edge is merged by score here (the global merge in find_segments redoes
+    every merge from the statistics, so merges inside a block were work thrown
+    away): the threshold is 0, below every score. Cut basins are marked
+    (``CUT_MERGE_SCORE``); every other edge's merge score is NaN. Writes nothing.
     """
     fragments = ctx.fragments.read(block.read_roi)
     affs = ctx.read_affinities(block.read_roi)
@@ -62,10 +67,10 @@ def agglomerate_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
     graph = merge_regions(
         np.ascontiguousarray(affs[:3]),
         fragments,
-        ctx.config.merge_until,
+        NO_SCORED_MERGES,
         scoring_from_config(ctx.config.agglomerate.scoring),
         forced_pairs=cut,
-        with_statistics=ctx.config.segments.method == "global",
+        with_statistics=True,
     )
     own = np.flatnonzero(ctx.fragment_ids.block_of_id(graph.u) == block.index)
     u, v = graph.u[own], graph.v[own]
