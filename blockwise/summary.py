@@ -283,7 +283,8 @@ def write_summary(
     tmp = path.with_suffix(".json.tmp")
     try:
         summary = build_summary(config, result, started_monotonic, in_process, timings, interrupted)
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        # no indent: the C encoder (a run of 10^5 blocks lists every one of them)
+        tmp.write_text(json.dumps(summary, separators=(",", ":")) + "\n", encoding="utf-8")
         tmp.replace(path)
     except OSError as e:
         # e.g. a full disk: no half-written temporary file stays behind
