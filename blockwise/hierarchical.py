@@ -13,7 +13,9 @@ Pure orchestration on arrays (no daisy, no store):
   statistics of one pair are summed; tie keys from
   :func:`~blockwise.kernels.mean_merge.fragment_edge_keys`.
 * :func:`plan_hierarchy` finds each edge's LCA node and each fragment's level
-  ``lambda`` (the highest LCA level of its edges, 0 without edges).
+  ``lambda`` (the highest LCA level of its edges, 0 without edges);
+  :func:`fragment_futures` bounds, per fragment and level, the mean of the
+  edges below the bound that the fragment has not been given yet there.
 * :func:`run_task` is one task, standalone: children's residuals + seam edges
   + level -> merge records + residual (:class:`TaskResult`);
   :func:`save_task_result` / :func:`load_task_result` store a result as one
@@ -23,6 +25,19 @@ Pure orchestration on arrays (no daisy, no store):
 * :func:`segment_tables` turns merge records into a fragment -> segment table
   per threshold in one union-find pass; a segment's id is its smallest
   fragment id.
+
+Future bounds (an exact refinement of ABISS's freezing rule): a cluster that
+may still receive edges from outside its task ("open", level above the task's)
+is not frozen outright. The edges it will receive are sums of fragment edges
+whose LCA lies above the task, so their means are at most the best mean among
+those fragment edges below the bound; if the cluster's best edge in the task
+beats that strictly (and its partner's too), the pair is mutually best in the
+whole graph and merges now. Otherwise both are blocked (frozen, with
+contagion) as in ABISS. The merged cluster stays open; a fragment absorbed
+into a cluster with another id is named by an alias, so that seam edges
+further up find it. With ``use_futures=False`` (or residuals without
+``futures``, e.g. from stages that do not pass them) the plain rule runs; the
+records are identical either way, only the residuals differ.
 
 Merge records are :class:`~blockwise.kernels.mean_merge.ClusterEdges`: record
 ``i`` merged the clusters ``a[i] < b[i]`` (each named by its smallest fragment
@@ -47,9 +62,11 @@ from numpy.typing import ArrayLike, NDArray
 
 from blockwise.errors import InputError
 from blockwise.kernels.mean_merge import (
+    UNKNOWN_FUTURE,
     ClusterEdges,
     TaskOutput,
     fragment_edge_keys,
+    future_bound_codes,
     merge_bound,
     merge_task,
     scores_below,
@@ -68,6 +85,7 @@ __all__ = [
     "TaskStats",
     "build_fragment_graph",
     "estimate_task_memory",
+    "fragment_futures",
     "leaf_residual",
     "load_task_result",
     "merge_forced",
@@ -82,14 +100,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The signature of a task kernel: ``(ids, levels, level, edges, bound)``, as
-#: :func:`blockwise.kernels.mean_merge.merge_task`. Tests pass a slow
-#: reference through the same orchestration.
+#: The signature of a task kernel: ``(ids, levels, level, edge_parts, bound,
+#: futures)``, as :func:`blockwise.kernels.mean_merge.merge_task` (the edges
+#: come in parts, one per child and one of seam edges, never concatenated).
+#: Tests pass a slow reference through the same orchestration.
 TaskKernel = Callable[
-    [NDArray[np.uint64], NDArray[np.uint8], int, ClusterEdges, Fraction], TaskOutput
+    [
+        NDArray[np.uint64],
+        NDArray[np.uint8],
+        int,
+        list[ClusterEdges],
+        Fraction,
+        NDArray[np.uint32] | None,
+    ],
+    TaskOutput,
 ]
 
-_FILE_FORMAT = 2
+_FILE_FORMAT = 3
 _EDGE_FIELDS = ("a", "b", "s", "n", "tau_hi", "tau_lo")
 
 
@@ -143,8 +170,12 @@ class HierarchyPlan:
 
     def leaf_fragments(self, block: int) -> tuple[NDArray[np.uint64], NDArray[np.uint8]]:
         """The fragment ids (sorted) and levels whose home is leaf ``block``."""
-        index = self.fragment_order[self.fragment_starts[block] : self.fragment_starts[block + 1]]
+        index = self.leaf_index(block)
         return self.graph.fragment_ids[index], self.fragment_levels[index]
+
+    def leaf_index(self, block: int) -> NDArray[np.int64]:
+        """The positions (in ``graph.fragment_ids``) of the fragments of leaf ``block``."""
+        return self.fragment_order[self.fragment_starts[block] : self.fragment_starts[block + 1]]
 
     def seam_edges(self, node: int) -> ClusterEdges:
         """The fragment edges whose LCA is ``node``, sorted by ``(u, v)``."""
@@ -167,9 +198,13 @@ class Residual:
         ids: (C,) uint64 cluster ids (smallest fragment id of each), sorted.
         levels: (C,) uint8 level lambda of each cluster.
         edges: every edge between two of these clusters, ``a < b``.
-        alias_from, alias_to: fragments absorbed by forced merges into a frozen
-            cluster, and that cluster's id: a seam edge further up that names
-            such a fragment means the cluster.
+        alias_from, alias_to: fragments absorbed (by forced merges, or by
+            merges of open clusters allowed by their future bounds) into a
+            residual cluster, and that cluster's id: a seam edge further up
+            that names such a fragment means the cluster.
+        futures: (C, K) uint32 future bounds per cluster and octree level
+            (:func:`fragment_futures`), or None: none known, every open
+            cluster is blocked at its first edge (the plain ABISS rule).
     """
 
     ids: NDArray[np.uint64]
@@ -177,6 +212,7 @@ class Residual:
     edges: ClusterEdges
     alias_from: NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
     alias_to: NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
+    futures: NDArray[np.uint32] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +246,8 @@ class TaskStats:
         n_edges: edges the task started with (children's residual + seam).
         n_records: merges done.
         n_residual_clusters: clusters handed to the parent.
+        n_residual_open: of these, the open ones (level above the task's:
+            they may still receive edges); the others are blocked.
         n_residual_edges: edges handed to the parent.
         n_dropped: edges dropped.
         seconds: wall time of the task (kernel and bookkeeping).
@@ -224,6 +262,7 @@ class TaskStats:
     n_residual_edges: int
     n_dropped: int
     seconds: float
+    n_residual_open: int = 0
 
 
 @dataclass(frozen=True)
@@ -410,13 +449,76 @@ def plan_hierarchy(graph: FragmentGraph, octree: Octree) -> HierarchyPlan:
     )
 
 
-def leaf_residual(fragment_ids: NDArray[np.uint64], levels: NDArray[np.uint8]) -> Residual:
-    """The input of a leaf task: the block's fragments as singleton clusters, no edges."""
+def leaf_residual(
+    fragment_ids: NDArray[np.uint64],
+    levels: NDArray[np.uint8],
+    futures: NDArray[np.uint32] | None = None,
+) -> Residual:
+    """The input of a leaf task: the block's fragments as singleton clusters, no edges.
+
+    Args:
+        fragment_ids: (C,) the block's fragment ids.
+        levels: (C,) their levels lambda.
+        futures: (C, K) their future bounds (rows of :func:`fragment_futures`),
+            or None.
+    """
     return Residual(
         ids=np.ascontiguousarray(fragment_ids, dtype=np.uint64),
         levels=np.ascontiguousarray(levels, dtype=np.uint8),
         edges=ClusterEdges.empty(),
+        futures=None if futures is None else np.ascontiguousarray(futures, dtype=np.uint32),
     )
+
+
+def fragment_futures(plan: HierarchyPlan, bound: Fraction) -> NDArray[np.uint32]:
+    """Per fragment and octree level, a bound on the edges it can still receive there.
+
+    ``futures[f, l]`` is the largest :func:`~blockwise.kernels.mean_merge.future_bound_codes`
+    code over the fragment edges of ``f`` that score below ``bound`` and whose
+    LCA level exceeds ``l`` (0 if there are none): the edges a task at level
+    ``l`` does not see. Any edge a cluster holding ``f`` later gets from outside
+    the task is a sum of such fragment edges (or of edges scoring at or above
+    the bound, whose sums stay there), so its mean is at most the mean this
+    code stands for. A task merges an open cluster along an edge whose mean
+    exceeds it (:func:`~blockwise.kernels.mean_merge.merge_task`). A forced
+    edge (:func:`run_task`) gets the code ``UNKNOWN_FUTURE``: its two halves
+    merge with nothing before it.
+
+    Args:
+        plan: the hierarchy plan (its graph and octree).
+        bound: the merge bound (the largest threshold, exact).
+
+    Returns:
+        (F, K) uint32, rows in the order of ``plan.graph.fragment_ids``, K the
+        octree's number of levels; column ``K - 1`` (the root) is 0.
+    """
+    graph, octree = plan.graph, plan.octree
+    n_levels = octree.n_levels
+    futures = np.zeros((graph.fragment_ids.size, n_levels), dtype=np.uint32)
+    edges = graph.edges
+    if len(edges) == 0:
+        return futures
+    below_mask = scores_below(edges.s, edges.n, bound)
+    if graph.forced is not None:
+        below_mask |= graph.forced
+    below = np.flatnonzero(below_mask)
+    codes = future_bound_codes(
+        np.ascontiguousarray(edges.s[below]), np.ascontiguousarray(edges.n[below])
+    )
+    if graph.forced is not None:
+        # a forced edge merges before anything: its halves wait for it
+        codes[graph.forced[below]] = UNKNOWN_FUTURE
+    edge_levels = octree.node_level(plan.edge_nodes[below]).astype(np.int64)
+    for ends in (edges.a, edges.b):
+        index = np.searchsorted(graph.fragment_ids, ends[below])
+        np.maximum.at(futures, (index, edge_levels), codes)
+    # now futures[f, m] is the best code at LCA level exactly m; column l needs m > l
+    running = np.zeros(graph.fragment_ids.size, dtype=np.uint32)
+    for level in range(n_levels - 1, -1, -1):
+        at_level = futures[:, level].copy()
+        futures[:, level] = running
+        np.maximum(running, at_level, out=running)
+    return futures
 
 
 def run_task(
@@ -458,14 +560,19 @@ def run_task(
     levels = (
         np.concatenate([child.levels for child in children]) if children else np.zeros(0, np.uint8)
     )
+    futures = _children_futures(children)
     alias_from = np.concatenate([np.zeros(0, np.uint64)] + [c.alias_from for c in children])
     alias_to = np.concatenate([np.zeros(0, np.uint64)] + [c.alias_to for c in children])
     if alias_from.size:
         seam_edges = _apply_aliases(seam_edges, alias_from, alias_to)
-    edges = ClusterEdges.concatenate([child.edges for child in children] + [seam_edges])
+    # the kernel reads the parts in turn: no concatenated copy of the task's input
+    parts = [part for part in [child.edges for child in children] + [seam_edges] if len(part)]
     pre_records = pre_dropped = ClusterEdges.empty()
     has_forced = forced is not None and bool(np.any(forced))
-    if has_forced or alias_from.size:
+    # an aliased seam edge inside one cluster (possible after forced merges) is dropped there
+    inside = alias_from.size > 0 and bool(np.any(seam_edges.a == seam_edges.b))
+    if has_forced or inside:
+        edges = ClusterEdges.concatenate(parts)
         mask = np.zeros(len(edges), dtype=bool)
         if forced is not None and has_forced:
             if forced.shape != (len(seam_edges),):
@@ -475,20 +582,24 @@ def run_task(
                 )
             mask[len(edges) - len(seam_edges) :] = forced
         before = ids
-        ids, levels, edges, pre_records, pre_dropped = merge_forced(ids, levels, edges, mask)
+        ids, levels, edges, pre_records, pre_dropped, futures = merge_forced(
+            ids, levels, edges, mask, futures=futures
+        )
+        parts = [edges]
         if len(pre_records):
             # fragments absorbed here, and earlier aliases, now name their merged cluster
             absorbed = np.setdiff1d(before, ids)
             mapping = _Relabel(pre_records)
             alias_from = np.concatenate([alias_from, absorbed])
             alias_to = mapping(np.concatenate([alias_to, absorbed]))
-    output = task_kernel(
-        np.ascontiguousarray(ids, dtype=np.uint64),
-        np.ascontiguousarray(levels, dtype=np.uint8),
-        int(level),
-        edges,
-        bound,
-    )
+    ids = np.ascontiguousarray(ids, dtype=np.uint64)
+    levels = np.ascontiguousarray(levels, dtype=np.uint8)
+    output = task_kernel(ids, levels, int(level), parts, bound, futures)
+    if futures is not None and len(output.records):
+        # open clusters merged into another id: seam edges further up name them
+        alias_from, alias_to = _absorbed_aliases(
+            ids, levels > level, output.records, alias_from, alias_to
+        )
     return TaskResult(
         node=int(node),
         level=int(level),
@@ -497,10 +608,64 @@ def run_task(
             ids=output.residual_ids,
             levels=output.residual_levels,
             edges=output.residual_edges,
-            # only frozen clusters can still be named by seam edges further up
+            # only residual clusters can still be named by seam edges further up
             **_frozen_aliases(alias_from, alias_to, output.residual_ids),
+            futures=None if futures is None else output.residual_futures,
         ),
         dropped=ClusterEdges.concatenate([pre_dropped, output.dropped]),
+    )
+
+
+def _children_futures(children: Sequence[Residual]) -> NDArray[np.uint32] | None:
+    """The children's future bounds stacked, or None if no child has any."""
+    with_futures = [child.futures is not None for child in children]
+    if not any(with_futures):
+        return None
+    if not all(with_futures):
+        raise HierarchyInputError(
+            "either every child residual of a task has future bounds or none has; received "
+            f"{sum(with_futures)} of {len(children)} with them"
+        )
+    parts = [child.futures for child in children if child.futures is not None]
+    widths = {part.shape[1] if part.ndim == 2 else -1 for part in parts}
+    if len(widths) != 1 or any(
+        part.ndim != 2 or part.shape[0] != child.ids.size
+        for part, child in zip(parts, children, strict=True)
+    ):
+        raise HierarchyInputError(
+            "every child's futures must be a (clusters, levels) array with one row per "
+            f"cluster and the same number of levels; received shapes {[p.shape for p in parts]}"
+        )
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.uint32)
+
+
+def _absorbed_aliases(
+    ids: NDArray[np.uint64],
+    is_open: NDArray[np.bool_],
+    records: ClusterEdges,
+    alias_from: NDArray[np.uint64],
+    alias_to: NDArray[np.uint64],
+) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    """Aliases after the task's merges: open input clusters and old alias targets -> final id."""
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    union_find = UnionFind(sorted_ids.size)
+    union_find.union(
+        np.searchsorted(sorted_ids, records.a).astype(np.int64),
+        np.searchsorted(sorted_ids, records.b).astype(np.int64),
+    )
+    # sorted ids: the smallest index of a set is its smallest id, the merged cluster's id
+    final = sorted_ids[union_find.components()]
+    absorbed = is_open[order] & (final != sorted_ids)
+    if alias_to.size:
+        position = np.searchsorted(sorted_ids, alias_to)
+        hit = (position < sorted_ids.size) & (
+            sorted_ids[np.minimum(position, max(sorted_ids.size - 1, 0))] == alias_to
+        )
+        alias_to = np.where(hit, final[np.minimum(position, sorted_ids.size - 1)], alias_to)
+    return (
+        np.concatenate([alias_from, sorted_ids[absorbed]]).astype(np.uint64),
+        np.concatenate([alias_to, final[absorbed]]).astype(np.uint64),
     )
 
 
@@ -559,7 +724,16 @@ def merge_forced(
     levels: NDArray[np.uint8],
     edges: ClusterEdges,
     forced: NDArray[np.bool_],
-) -> tuple[NDArray[np.uint64], NDArray[np.uint8], ClusterEdges, ClusterEdges, ClusterEdges]:
+    *,
+    futures: NDArray[np.uint32] | None = None,
+) -> tuple[
+    NDArray[np.uint64],
+    NDArray[np.uint8],
+    ClusterEdges,
+    ClusterEdges,
+    ClusterEdges,
+    NDArray[np.uint32] | None,
+]:
     """Merge the clusters joined by forced edges, before any scored merge.
 
     Forced edges are taken in increasing ``(a, b)`` order; each that joins two
@@ -575,10 +749,12 @@ def merge_forced(
         levels: (C,) their levels.
         edges: every edge among the clusters.
         forced: (E,) which edges are forced.
+        futures: (C, K) their future bounds, or None; a merged cluster takes
+            the largest of its parts' per level.
 
     Returns:
-        The clusters (sorted), their levels, their edges, the forced records and
-        the dropped edges.
+        The clusters (sorted), their levels, their edges, the forced records,
+        the dropped edges and the clusters' future bounds (None if not given).
     """
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
@@ -618,6 +794,11 @@ def merge_forced(
     roots = np.array([find(k) for k in range(sorted_ids.size)], dtype=np.int64)
     merged_levels = sorted_levels.copy()
     np.maximum.at(merged_levels, roots, sorted_levels)
+    merged_futures = None
+    if futures is not None:
+        sorted_futures = futures[order]
+        merged_futures = sorted_futures.copy()
+        np.maximum.at(merged_futures, roots, sorted_futures)
     keep_clusters = roots == np.arange(sorted_ids.size)
     root_a, root_b = roots[index_a], roots[index_b]
     inside = (root_a == root_b) & ~recorded
@@ -656,6 +837,9 @@ def merge_forced(
         combined,
         records,
         dropped,
+        None
+        if merged_futures is None
+        else np.ascontiguousarray(merged_futures[keep_clusters], dtype=np.uint32),
     )
 
 
@@ -666,6 +850,7 @@ def run_hierarchy(
     *,
     order_seed: int | None = None,
     task_kernel: TaskKernel = merge_task,
+    use_futures: bool = True,
 ) -> HierarchyResult:
     """Run every task of the octree, children before parents, and collect the records.
 
@@ -677,6 +862,11 @@ def run_hierarchy(
             a seed runs them in a random order in which every task still
             follows its children (the result must not depend on it).
         task_kernel: the kernel that merges (tests pass a reference).
+        use_futures: give the tasks each fragment's future bounds
+            (:func:`fragment_futures`), so that open clusters merge where no
+            edge still to come can be better; False: the plain ABISS rule.
+            The records are the same either way; the residuals are smaller
+            with them.
 
     Returns:
         All records and dropped edges, each sorted by ``(a, b)``, and per-task
@@ -684,6 +874,7 @@ def run_hierarchy(
     """
     bound = _largest_bound(thresholds)
     plan = plan_hierarchy(graph, octree)
+    futures = fragment_futures(plan, bound) if use_futures else None
     pending: dict[int, Residual] = {}
     records: list[ClusterEdges] = []
     dropped: list[ClusterEdges] = []
@@ -692,7 +883,12 @@ def run_hierarchy(
         start = time.perf_counter()
         level = int(octree.node_level([node])[0])
         if level == 0:
-            children = [leaf_residual(*plan.leaf_fragments(node))]
+            children = [
+                leaf_residual(
+                    *plan.leaf_fragments(node),
+                    None if futures is None else futures[plan.leaf_index(node)],
+                )
+            ]
         else:
             children = [pending.pop(int(child)) for child in octree.children(node)]
         seam = plan.seam_edges(node)
@@ -722,6 +918,7 @@ def run_hierarchy(
                 n_residual_edges=len(result.residual.edges),
                 n_dropped=len(result.dropped),
                 seconds=time.perf_counter() - start,
+                n_residual_open=int(np.count_nonzero(result.residual.levels > level)),
             )
         )
     root = pending.pop(octree.root)
@@ -806,18 +1003,21 @@ def segment_tables(
 def estimate_task_memory(n_clusters: int, n_edges: int) -> int:
     """An upper estimate of one task's peak memory in bytes from its input sizes.
 
-    Counts the task's inputs as Python arrays (children's parts and their
-    concatenation: 2 x 48 bytes per edge, 2 x 9 per cluster), the kernel's
-    state (edges 41, adjacency about 32 and heap entries 40 bytes per edge;
-    about 90 bytes per cluster) and the outputs (at most 2 x 48 bytes per edge
-    while copied out), plus 64 MiB for the interpreter and libraries. Measured
-    by ``tests/benchmarks/bench_hierarchical.py``.
+    Counts the task's inputs as Python arrays (48 bytes per edge, and their
+    concatenation when they come from several children: another 48), the
+    kernel's state (edges 41, adjacency about 32, sorted queue 4 and changed
+    edges' heap entries; about 100 bytes per cluster with its future bounds)
+    and the outputs (written straight into their arrays, 48 bytes per kept
+    edge), plus 64 MiB for the interpreter and libraries. Measured by
+    ``tests/benchmarks/bench_hierarchical.py``: the largest task of 1e7 edges
+    (1.45 M edges, 287 k clusters, one input part) peaked at 273 MiB, 119
+    bytes per edge above its loaded inputs.
 
     Args:
         n_clusters: clusters in the task's input.
         n_edges: edges in the task's input (children's residual + seam).
     """
-    return int(64 * 2**20 + 310 * n_edges + 110 * n_clusters)
+    return int(64 * 2**20 + 230 * n_edges + 150 * n_clusters)
 
 
 def save_task_result(path: str | os.PathLike[str], result: TaskResult) -> None:
@@ -835,6 +1035,12 @@ def save_task_result(path: str | os.PathLike[str], result: TaskResult) -> None:
         "residual_levels": result.residual.levels,
         "residual_alias_from": result.residual.alias_from,
         "residual_alias_to": result.residual.alias_to,
+        # (C, 0): no future bounds
+        "residual_futures": (
+            result.residual.futures
+            if result.residual.futures is not None
+            else np.zeros((result.residual.ids.size, 0), dtype=np.uint32)
+        ),
     }
     for prefix, edges in (
         ("records", result.records),
@@ -906,6 +1112,7 @@ def load_task_result(path: str | os.PathLike[str]) -> TaskResult:
         "residual_levels",
         "residual_alias_from",
         "residual_alias_to",
+        "residual_futures",
     ] + [
         f"{prefix}_{name}"
         for prefix in ("records", "residual_edges", "dropped")
@@ -944,9 +1151,21 @@ def load_task_result(path: str | os.PathLike[str]) -> TaskResult:
             edges=edges("residual_edges"),
             alias_from=arrays["residual_alias_from"],
             alias_to=arrays["residual_alias_to"],
+            futures=_loaded_futures(source, arrays["residual_futures"], arrays["residual_ids"]),
         ),
         dropped=edges("dropped"),
     )
+
+
+def _loaded_futures(
+    source: Path, futures: NDArray[Any], ids: NDArray[Any]
+) -> NDArray[np.uint32] | None:
+    if futures.dtype != np.uint32 or futures.ndim != 2 or futures.shape[0] != ids.shape[0]:
+        raise HierarchyInputError(
+            f"task result {source} has residual_futures of shape {futures.shape} and dtype "
+            f"{futures.dtype}; expected uint32 with one row per residual cluster ({ids.shape[0]})"
+        )
+    return futures if futures.shape[1] else None
 
 
 def _largest_bound(thresholds: Sequence[float | Fraction]) -> Fraction:

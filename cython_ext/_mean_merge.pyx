@@ -8,7 +8,7 @@ unique cluster ids, edge endpoints that are cluster ids, ``N >= 1``,
 ``S <= 255 N`` and a total count below 2**56.
 """
 
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from libcpp.vector cimport vector
 
@@ -23,35 +23,35 @@ cdef extern from "mean_merge.hpp" namespace "blockwise::mean_merge" nogil:
         vector[uint64_t] tau_hi
         vector[uint64_t] tau_lo
 
-    cdef cppclass TaskResult:
-        EdgeList records
-        vector[uint64_t] residual_ids
-        vector[uint8_t] residual_levels
-        EdgeList residual_edges
-        EdgeList dropped
-        uint64_t n_stale_pops
-
-    cdef cppclass TaskInput:
-        const uint64_t* ids
-        const uint8_t* levels
-        size_t n_clusters
+    cdef cppclass EdgePart:
         const uint64_t* a
         const uint64_t* b
         const uint64_t* s
         const uint64_t* n
         const uint64_t* tau_hi
         const uint64_t* tau_lo
-        size_t n_edges
+        size_t count
+
+    cdef cppclass TaskInput:
+        const uint64_t* ids
+        const uint8_t* levels
+        const uint32_t* futures
+        size_t n_future_levels
+        size_t n_clusters
+        vector[EdgePart] parts
+
+    cdef cppclass Task:
+        EdgeList records
+        uint64_t n_stale_pops
+        void run(const TaskInput& task_input, unsigned level, uint64_t p, uint64_t q) except +
+        size_t n_residual_clusters()
+        size_t n_residual_edges()
+        size_t n_dropped()
+        void fill_residual_clusters(uint64_t* ids, uint8_t* levels, uint32_t* futures)
+        void fill_edges(int which, int field, uint64_t* out)
 
     uint64_t kMaxTotalCount
-
-    void merge_task_cpp "blockwise::mean_merge::merge_task"(
-        const TaskInput& task_input,
-        unsigned level,
-        uint64_t p,
-        uint64_t q,
-        TaskResult& result,
-    ) except +
+    uint32_t kUnknownFuture
 
     void scores_below_cpp "blockwise::mean_merge::scores_below"(
         const uint64_t* s,
@@ -63,6 +63,7 @@ cdef extern from "mean_merge.hpp" namespace "blockwise::mean_merge" nogil:
     ) except +
 
 MAX_TOTAL_COUNT = kMaxTotalCount
+UNKNOWN_FUTURE = kUnknownFuture
 
 
 cdef inline const uint64_t* _data(const uint64_t[::1] values) noexcept:
@@ -72,13 +73,9 @@ cdef inline const uint64_t* _data(const uint64_t[::1] values) noexcept:
 def merge_task(
     const uint64_t[::1] ids not None,
     const uint8_t[::1] levels not None,
+    const uint32_t[:, ::1] futures not None,
     unsigned level,
-    const uint64_t[::1] a not None,
-    const uint64_t[::1] b not None,
-    const uint64_t[::1] s not None,
-    const uint64_t[::1] n not None,
-    const uint64_t[::1] tau_hi not None,
-    const uint64_t[::1] tau_lo not None,
+    list parts not None,
     uint64_t p,
     uint64_t q,
 ):
@@ -86,49 +83,89 @@ def merge_task(
 
     Args:
         ids: unique cluster ids.
-        levels: per cluster, its level lambda; clusters above ``level`` are frozen.
+        levels: per cluster, its level lambda; clusters above ``level`` are open.
+        futures: (C, K) future bounds per cluster and level (see mean_merge.hpp);
+            K = 0: none known (open clusters are blocked at their first edge).
         level: the task's octree level.
-        a, b, s, n, tau_hi, tau_lo: the cluster edges (duplicate pairs are summed).
+        parts: the cluster edges in parts (e.g. one per child), each a tuple of
+            six uint64 arrays ``(a, b, s, n, tau_hi, tau_lo)`` of equal length;
+            read in order without concatenating; duplicate pairs are summed.
         p, q: the merge bound p / q on the score 1 - S / (255 N).
 
     Returns:
-        ``(records, residual_ids, residual_levels, residual_edges, dropped,
-        n_stale_pops)`` where each edge set is a tuple of six uint64 arrays
-        ``(a, b, s, n, tau_hi, tau_lo)``.
+        ``(records, residual_ids, residual_levels, residual_futures,
+        residual_edges, dropped, n_stale_pops)`` where each edge set is a
+        tuple of six uint64 arrays ``(a, b, s, n, tau_hi, tau_lo)``.
     """
     cdef size_t n_clusters = ids.shape[0]
-    cdef size_t n_edges = a.shape[0]
+    cdef size_t n_levels = futures.shape[1]
     if <size_t> levels.shape[0] != n_clusters:
         raise ValueError(f"levels must have {n_clusters} entries, not {levels.shape[0]}")
-    for name, values in (("b", b), ("s", s), ("n", n), ("tau_hi", tau_hi), ("tau_lo", tau_lo)):
-        if <size_t> len(values) != n_edges:
-            raise ValueError(f"{name} must have {n_edges} entries, not {len(values)}")
+    if n_levels > 0 and <size_t> futures.shape[0] != n_clusters:
+        raise ValueError(f"futures must have {n_clusters} rows, not {futures.shape[0]}")
     cdef TaskInput task_input
+    cdef EdgePart part
+    cdef const uint64_t[::1] pa, pb, ps, pn, pth, ptl
+    for k, fields in enumerate(parts):
+        if not isinstance(fields, tuple) or len(fields) != 6:
+            raise ValueError(f"edge part {k} must be a tuple of six arrays")
+        pa, pb, ps, pn, pth, ptl = fields
+        for name, values in (("b", pb), ("s", ps), ("n", pn), ("tau_hi", pth), ("tau_lo", ptl)):
+            if values.shape[0] != pa.shape[0]:
+                raise ValueError(
+                    f"edge part {k}: {name} must have {pa.shape[0]} entries, not {values.shape[0]}"
+                )
+        # the arrays stay alive in `parts` for the whole call
+        part.a = _data(pa)
+        part.b = _data(pb)
+        part.s = _data(ps)
+        part.n = _data(pn)
+        part.tau_hi = _data(pth)
+        part.tau_lo = _data(ptl)
+        part.count = pa.shape[0]
+        task_input.parts.push_back(part)
     task_input.ids = _data(ids)
     task_input.levels = &levels[0] if n_clusters > 0 else NULL
+    task_input.futures = &futures[0, 0] if n_levels > 0 and n_clusters > 0 else NULL
+    task_input.n_future_levels = n_levels
     task_input.n_clusters = n_clusters
-    task_input.a = _data(a)
-    task_input.b = _data(b)
-    task_input.s = _data(s)
-    task_input.n = _data(n)
-    task_input.tau_hi = _data(tau_hi)
-    task_input.tau_lo = _data(tau_lo)
-    task_input.n_edges = n_edges
-    cdef TaskResult result
+    cdef Task task
     with nogil:
-        merge_task_cpp(task_input, level, p, q, result)
-    residual_levels = np.empty(result.residual_levels.size(), dtype=np.uint8)
+        task.run(task_input, level, p, q)
+    cdef size_t n_kept = task.n_residual_clusters()
+    residual_ids = np.empty(n_kept, dtype=np.uint64)
+    residual_levels = np.empty(n_kept, dtype=np.uint8)
+    residual_futures = np.empty((n_kept, n_levels), dtype=np.uint32)
+    cdef uint64_t[::1] ids_view = residual_ids
     cdef uint8_t[::1] levels_view = residual_levels
-    if result.residual_levels.size() > 0:
-        memcpy(&levels_view[0], result.residual_levels.data(), result.residual_levels.size())
+    cdef uint32_t[:, ::1] futures_view = residual_futures
+    if n_kept > 0:
+        task.fill_residual_clusters(
+            &ids_view[0], &levels_view[0], &futures_view[0, 0] if n_levels > 0 else NULL
+        )
     return (
-        _edges(result.records),
-        _array(result.residual_ids),
+        _edges(task.records),
+        residual_ids,
         residual_levels,
-        _edges(result.residual_edges),
-        _edges(result.dropped),
-        int(result.n_stale_pops),
+        residual_futures,
+        _task_edges(task, 0, task.n_residual_edges()),
+        _task_edges(task, 1, task.n_dropped()),
+        int(task.n_stale_pops),
     )
+
+
+cdef tuple _task_edges(Task& task, int which, size_t count):
+    """The residual (0) or dropped (1) edges of a task, one array at a time."""
+    cdef list arrays = []
+    cdef uint64_t[::1] view
+    cdef int field
+    for field in range(6):
+        out = np.empty(count, dtype=np.uint64)
+        view = out
+        if count > 0:
+            task.fill_edges(which, field, &view[0])
+        arrays.append(out)
+    return tuple(arrays)
 
 
 cdef object _array(vector[uint64_t]& values):

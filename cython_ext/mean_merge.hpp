@@ -13,12 +13,24 @@
 // reducible and mutually best pairs stay mutually best.
 //
 // A cluster whose level lambda exceeds the task level may still receive
-// edges from outside the task: it is frozen, never merged, and freezes the
-// partner of every edge of it that comes up as the best in the heap
-// (contagion). Only edges with a score 1 - S / (255 N) below the bound
-// p / q enter the heap. After the heap runs empty, clusters that are not
-// frozen are done; the frozen clusters with the edges among them form the
-// residual; every other edge touches a done cluster and is dropped.
+// edges from outside the task ("open"). Each cluster carries a future bound
+// per octree level: an upper bound on the mean affinity of every edge below
+// the merge bound that it can still receive from outside a task at that level
+// (encoded as 1 + ceil(2^24 S / N) of the best such fragment edge; 0: none;
+// kUnknownFuture: no bound known). An edge popped from the heap (the best
+// remaining edge of both its clusters) merges them iff neither is blocked and
+// its mean exceeds both clusters' future bounds strictly: then it is better
+// than any edge either can ever receive (an edge between clusters is a sum of
+// fragment edges, so its mean is at most their best mean), i.e. the pair is
+// mutually best in the whole graph. Otherwise both clusters are blocked
+// (contagion): a blocked cluster waits for information from outside the task
+// and never merges in it. Without future bounds every open cluster has
+// kUnknownFuture, which blocks it at its first popped edge: the plain ABISS
+// rule (frozen clusters never merge and freeze their partners).
+// Only edges with a score 1 - S / (255 N) below the bound p / q enter the
+// heap. After the heap runs empty, clusters that are neither blocked nor open
+// are done; the others with the edges among them form the residual; every
+// other edge touches a done cluster and is dropped.
 //
 // Header-only, no Python: reached through cython_ext/_mean_merge.pyx.
 
@@ -172,31 +184,38 @@ struct EdgeList {
   }
 };
 
-struct TaskResult {
-  // merges in the order done; a < b are the two clusters' ids (the smallest
-  // fragment id of each), the merged cluster keeps the id a
-  EdgeList records;
-  // frozen clusters, sorted by id, with their level lambda
-  std::vector<uint64_t> residual_ids;
-  std::vector<uint8_t> residual_levels;
-  // edges among frozen clusters, a < b, sorted by (a, b)
-  EdgeList residual_edges;
-  // edges that touch a done cluster, a < b, in the order of the input edges
-  EdgeList dropped;
-  uint64_t n_stale_pops = 0;
-};
+// Future bound of a cluster that may receive any edge: blocks every merge.
+constexpr uint32_t kUnknownFuture = 0xFFFFFFFFu;
+// Fixed-point scale of the future bounds: 2^24 (255 * 2^24 + 1 < 2^32).
+constexpr unsigned kFutureShift = 24;
 
-struct TaskInput {
-  const uint64_t* ids;
-  const uint8_t* levels;
-  size_t n_clusters;
+// Whether an edge (s, n) has a mean s / n above the future bound `future`
+// (see the file comment), exactly: 2^24 s > (future - 1) n.
+inline bool beats_future(uint64_t s, uint64_t n, uint32_t future) {
+  if (future == 0) return true;
+  return (static_cast<u128>(s) << kFutureShift) > static_cast<u128>(future - 1) * n;
+}
+
+// One part of a task's input edges (e.g. one child's residual): parallel arrays.
+struct EdgePart {
   const uint64_t* a;
   const uint64_t* b;
   const uint64_t* s;
   const uint64_t* n;
   const uint64_t* tau_hi;
   const uint64_t* tau_lo;
-  size_t n_edges;
+  size_t count;
+};
+
+struct TaskInput {
+  const uint64_t* ids;
+  const uint8_t* levels;
+  // (n_clusters, n_future_levels) row-major future bounds, or nullptr
+  const uint32_t* futures;
+  size_t n_future_levels;
+  size_t n_clusters;
+  // the edges, read part after part: no concatenated copy is needed
+  std::vector<EdgePart> parts;
 };
 
 namespace detail {
@@ -216,20 +235,80 @@ inline std::string id_text(uint64_t id) { return std::to_string(id); }
 
 }  // namespace detail
 
-// Run one task at octree level `level` with merge bound p / q.
-inline void merge_task(const TaskInput& in, unsigned level, uint64_t p, uint64_t q,
-                       TaskResult& out) {
+// One task: run() merges; the outputs are then read field by field, so that
+// the caller can copy them into its own arrays without a second full copy.
+class Task {
+ public:
+  // merges in the order done; a < b are the two clusters' ids (the smallest
+  // fragment id of each), the merged cluster keeps the id a
+  EdgeList records;
+  uint64_t n_stale_pops = 0;
+
+  // Run the task at octree level `level` with merge bound p / q.
+  void run(const TaskInput& in, unsigned level, uint64_t p, uint64_t q);
+
+  size_t n_residual_clusters() const { return kept_.size(); }
+  size_t n_residual_edges() const { return residual_.size(); }
+  size_t n_dropped() const { return dropped_.size(); }
+  size_t n_future_levels() const { return n_future_levels_; }
+
+  // residual clusters, sorted by id: ids, levels and future bounds (row-major)
+  void fill_residual_clusters(uint64_t* ids, uint8_t* levels, uint32_t* futures) const {
+    for (size_t i = 0; i < kept_.size(); ++i) {
+      const uint32_t c = kept_[i];
+      ids[i] = cluster_id_[c];
+      levels[i] = cluster_level_[c];
+      for (size_t k = 0; k < n_future_levels_; ++k) {
+        futures[i * n_future_levels_ + k] = future_[c * n_future_levels_ + k];
+      }
+    }
+  }
+
+  // field 0..5 = a, b, s, n, tau_hi, tau_lo of the residual edges (which = 0,
+  // a < b, sorted by (a, b)) or the dropped edges (which = 1, a < b, in the
+  // order of the merged input edges)
+  void fill_edges(int which, int field, uint64_t* out) const {
+    const std::vector<uint32_t>& list = which == 0 ? residual_ : dropped_;
+    for (size_t i = 0; i < list.size(); ++i) {
+      const uint32_t f = list[i];
+      uint64_t value = 0;
+      switch (field) {
+        case 0: value = std::min(cluster_id_[ea_[f]], cluster_id_[eb_[f]]); break;
+        case 1: value = std::max(cluster_id_[ea_[f]], cluster_id_[eb_[f]]); break;
+        case 2: value = es_[f]; break;
+        case 3: value = en_[f]; break;
+        case 4: value = eth_[f]; break;
+        default: value = etl_[f]; break;
+      }
+      out[i] = value;
+    }
+  }
+
+ private:
+  std::vector<uint64_t> cluster_id_;
+  std::vector<uint8_t> cluster_level_;
+  std::vector<uint32_t> future_;
+  size_t n_future_levels_ = 0;
+  std::vector<uint32_t> ea_, eb_;
+  std::vector<uint64_t> es_, en_, eth_, etl_;
+  std::vector<uint32_t> kept_, residual_, dropped_;
+};
+
+inline void Task::run(const TaskInput& in, unsigned level, uint64_t p, uint64_t q) {
   using detail::HeapEntry;
   if (q == 0) throw std::invalid_argument("the bound's denominator q must be > 0");
   if (in.n_clusters >= AdjacencyMap::kEmpty) {
     throw std::overflow_error("a task holds at most 2^32 - 2 clusters, received " +
                               std::to_string(in.n_clusters));
   }
-  if (in.n_edges >= 0xFFFFFFFFull) {
+  size_t n_in = 0;
+  for (const EdgePart& part : in.parts) n_in += part.count;
+  if (n_in >= 0xFFFFFFFFull) {
     throw std::overflow_error("a task holds at most 2^32 - 2 edges, received " +
-                              std::to_string(in.n_edges));
+                              std::to_string(n_in));
   }
   const size_t n_clusters = in.n_clusters;
+  const size_t n_levels = in.futures != nullptr ? in.n_future_levels : 0;
 
   // cluster id -> index, by binary search in the sorted ids
   std::vector<std::pair<uint64_t, uint32_t>> by_id(n_clusters);
@@ -250,18 +329,34 @@ inline void merge_task(const TaskInput& in, unsigned level, uint64_t p, uint64_t
     return it->second;
   };
 
-  std::vector<uint64_t> cluster_id(in.ids, in.ids + n_clusters);
-  std::vector<uint8_t> cluster_level(in.levels, in.levels + n_clusters);
-  std::vector<uint8_t> frozen(n_clusters);
-  for (size_t i = 0; i < n_clusters; ++i) frozen[i] = cluster_level[i] > level;
+  std::vector<uint64_t>& cluster_id = cluster_id_;
+  std::vector<uint8_t>& cluster_level = cluster_level_;
+  cluster_id.assign(in.ids, in.ids + n_clusters);
+  cluster_level.assign(in.levels, in.levels + n_clusters);
+  n_future_levels_ = n_levels;
+  future_.assign(in.futures != nullptr ? in.futures : nullptr,
+                 in.futures != nullptr ? in.futures + n_clusters * n_levels : nullptr);
+  // the future bound at this level; without bounds, an open cluster may
+  // receive anything
+  std::vector<uint32_t> future_now(n_clusters);
+  for (size_t i = 0; i < n_clusters; ++i) {
+    if (n_levels > 0) {
+      future_now[i] = level < n_levels ? future_[i * n_levels + level] : 0;
+    } else {
+      future_now[i] = cluster_level[i] > level ? kUnknownFuture : 0;
+    }
+  }
+  std::vector<uint8_t> blocked(n_clusters, 0);
   std::vector<uint8_t> cluster_alive(n_clusters, 1);
   std::vector<AdjacencyMap> adjacency(n_clusters);
 
   // edges, summed by cluster pair
-  const size_t n_in = in.n_edges;
-  std::vector<uint32_t> ea, eb;
-  std::vector<uint64_t> es, en, eth, etl;
-  std::vector<uint8_t> edge_alive;
+  std::vector<uint32_t>& ea = ea_;
+  std::vector<uint32_t>& eb = eb_;
+  std::vector<uint64_t>& es = es_;
+  std::vector<uint64_t>& en = en_;
+  std::vector<uint64_t>& eth = eth_;
+  std::vector<uint64_t>& etl = etl_;
   ea.reserve(n_in);
   eb.reserve(n_in);
   es.reserve(n_in);
@@ -269,89 +364,114 @@ inline void merge_task(const TaskInput& in, unsigned level, uint64_t p, uint64_t
   eth.reserve(n_in);
   etl.reserve(n_in);
   u128 total_count = 0;
-  for (size_t e = 0; e < n_in; ++e) {
-    const uint64_t s = in.s[e], n = in.n[e];
-    if (n == 0) {
-      throw std::invalid_argument("edge " + std::to_string(e) + " has N = 0; every edge needs N >= 1");
-    }
-    total_count += n;
-    if (total_count >= kMaxTotalCount) {
-      throw std::overflow_error("the edges' counts N sum to 2^56 or more; split the task");
-    }
-    if (s > 255 * n) {
-      throw std::invalid_argument("edge " + std::to_string(e) + " has S = " + std::to_string(s) +
-                                  " > 255 N = " + std::to_string(255 * n) +
-                                  "; S sums uint8 affinities over N contacts");
-    }
-    const uint32_t x = index_of(in.a[e], "a", e);
-    const uint32_t y = index_of(in.b[e], "b", e);
-    if (x == y) {
-      throw std::invalid_argument("edge " + std::to_string(e) + " joins cluster " +
-                                  detail::id_text(in.a[e]) + " to itself");
-    }
-    AdjacencyMap::Slot* slot = adjacency[x].find(y);
-    if (slot != nullptr) {
-      const uint32_t f = slot->value;
-      es[f] += s;
-      en[f] += n;
-      if (in.tau_hi[e] > eth[f] || (in.tau_hi[e] == eth[f] && in.tau_lo[e] > etl[f])) {
-        eth[f] = in.tau_hi[e];
-        etl[f] = in.tau_lo[e];
+  size_t e = 0;  // the edge's index over all parts, for messages
+  for (const EdgePart& part : in.parts) {
+    for (size_t i = 0; i < part.count; ++i, ++e) {
+      const uint64_t s = part.s[i], n = part.n[i];
+      if (n == 0) {
+        throw std::invalid_argument("edge " + std::to_string(e) +
+                                    " has N = 0; every edge needs N >= 1");
       }
-      continue;
+      total_count += n;
+      if (total_count >= kMaxTotalCount) {
+        throw std::overflow_error("the edges' counts N sum to 2^56 or more; split the task");
+      }
+      if (s > 255 * n) {
+        throw std::invalid_argument("edge " + std::to_string(e) + " has S = " +
+                                    std::to_string(s) + " > 255 N = " +
+                                    std::to_string(255 * n) +
+                                    "; S sums uint8 affinities over N contacts");
+      }
+      const uint32_t x = index_of(part.a[i], "a", e);
+      const uint32_t y = index_of(part.b[i], "b", e);
+      if (x == y) {
+        throw std::invalid_argument("edge " + std::to_string(e) + " joins cluster " +
+                                    detail::id_text(part.a[i]) + " to itself");
+      }
+      const uint64_t th = part.tau_hi[i], tl = part.tau_lo[i];
+      AdjacencyMap::Slot* slot = adjacency[x].find(y);
+      if (slot != nullptr) {
+        const uint32_t f = slot->value;
+        es[f] += s;
+        en[f] += n;
+        if (th > eth[f] || (th == eth[f] && tl > etl[f])) {
+          eth[f] = th;
+          etl[f] = tl;
+        }
+        continue;
+      }
+      const uint32_t f = static_cast<uint32_t>(ea.size());
+      ea.push_back(x);
+      eb.push_back(y);
+      es.push_back(s);
+      en.push_back(n);
+      eth.push_back(th);
+      etl.push_back(tl);
+      adjacency[x].insert(y, f);
+      adjacency[y].insert(x, f);
     }
-    const uint32_t f = static_cast<uint32_t>(ea.size());
-    ea.push_back(x);
-    eb.push_back(y);
-    es.push_back(s);
-    en.push_back(n);
-    eth.push_back(in.tau_hi[e]);
-    etl.push_back(in.tau_lo[e]);
-    adjacency[x].insert(y, f);
-    adjacency[y].insert(x, f);
   }
+  std::vector<std::pair<uint64_t, uint32_t>>().swap(by_id);
   const size_t n_edges = ea.size();
-  edge_alive.assign(n_edges, 1);
+  // 0: dead (merged along or summed into another), 1: alive with its input
+  // statistics, 2: alive with statistics changed by a merge
+  std::vector<uint8_t> edge_state(n_edges, 1);
 
-  // The queue is the initial edges sorted best first (read with a cursor)
-  // plus a heap of the edges whose statistics changed by merging: sorting is
-  // cache-friendly, and it halves the heap operations, which dominate.
-  std::vector<HeapEntry> initial;
+  // The queue is the initial edges sorted best first (read with a cursor; an
+  // entry is valid while its edge keeps its input statistics) plus a heap of
+  // the edges whose statistics changed by merging. The sorted part holds only
+  // edge indices (4 bytes per edge instead of a 40-byte heap entry).
+  std::vector<uint32_t> initial;
   for (uint32_t f = 0; f < n_edges; ++f) {
-    if (below(es[f], en[f], p, q)) initial.push_back(HeapEntry{es[f], en[f], eth[f], etl[f], f});
+    if (below(es[f], en[f], p, q)) initial.push_back(f);
   }
-  const detail::WorseEntry worse{};
-  std::sort(initial.begin(), initial.end(),
-            [&](const HeapEntry& x, const HeapEntry& y) { return worse(y, x); });
+  std::sort(initial.begin(), initial.end(), [&](uint32_t f, uint32_t g) {
+    return better(es[f], en[f], eth[f], etl[f], es[g], en[g], eth[g], etl[g]);
+  });
   size_t cursor = 0;
+  const detail::WorseEntry worse{};
   std::priority_queue<HeapEntry, std::vector<HeapEntry>, detail::WorseEntry> heap(worse);
 
   auto push = [&](uint32_t f) {
     if (below(es[f], en[f], p, q)) heap.push(HeapEntry{es[f], en[f], eth[f], etl[f], f});
   };
 
-  while (cursor < initial.size() || !heap.empty()) {
-    HeapEntry top;
-    if (heap.empty() || (cursor < initial.size() && worse(heap.top(), initial[cursor]))) {
-      top = initial[cursor++];
-    } else {
-      top = heap.top();
-      heap.pop();
+  while (true) {
+    while (cursor < initial.size() && edge_state[initial[cursor]] != 1) {
+      ++n_stale_pops;
+      ++cursor;
     }
-    const uint32_t f = top.edge;
-    // stale: the edge died or was merged with another (N only grows)
-    if (!edge_alive[f] || en[f] != top.n) {
-      ++out.n_stale_pops;
-      continue;
+    if (cursor >= initial.size() && heap.empty()) break;
+    uint32_t f;
+    if (heap.empty()) {
+      f = initial[cursor++];
+    } else {
+      const uint32_t g = cursor < initial.size() ? initial[cursor] : 0;
+      const HeapEntry& top = heap.top();
+      if (cursor < initial.size() &&
+          better(es[g], en[g], eth[g], etl[g], top.s, top.n, top.tau_hi, top.tau_lo)) {
+        f = g;
+        ++cursor;
+      } else {
+        f = top.edge;
+        const uint64_t top_n = top.n;
+        heap.pop();
+        // stale: the edge died or was merged with another (N only grows)
+        if (edge_state[f] == 0 || en[f] != top_n) {
+          ++n_stale_pops;
+          continue;
+        }
+      }
     }
     const uint32_t x = ea[f], y = eb[f];
-    if (frozen[x] || frozen[y]) {
-      frozen[x] = frozen[y] = 1;
+    if (blocked[x] || blocked[y] || !beats_future(es[f], en[f], future_now[x]) ||
+        !beats_future(es[f], en[f], future_now[y])) {
+      blocked[x] = blocked[y] = 1;
       continue;
     }
     const uint64_t id_x = cluster_id[x], id_y = cluster_id[y];
-    out.records.push(std::min(id_x, id_y), std::max(id_x, id_y), es[f], en[f], eth[f], etl[f]);
-    edge_alive[f] = 0;
+    records.push(std::min(id_x, id_y), std::max(id_x, id_y), es[f], en[f], eth[f], etl[f]);
+    edge_state[f] = 0;
     // the cluster with more neighbours keeps its adjacency (small into large)
     const uint32_t big = adjacency[x].size() >= adjacency[y].size() ? x : y;
     const uint32_t small = big == x ? y : x;
@@ -370,7 +490,8 @@ inline void merge_task(const TaskInput& in, unsigned level, uint64_t p, uint64_t
           eth[h] = eth[g];
           etl[h] = etl[g];
         }
-        edge_alive[g] = 0;
+        edge_state[g] = 0;
+        edge_state[h] = 2;
         push(h);
       } else {
         adjacency[big].insert(other, g);
@@ -386,47 +507,44 @@ inline void merge_task(const TaskInput& in, unsigned level, uint64_t p, uint64_t
     cluster_alive[small] = 0;
     cluster_id[big] = std::min(id_x, id_y);
     cluster_level[big] = std::max(cluster_level[x], cluster_level[y]);
+    future_now[big] = std::max(future_now[x], future_now[y]);
+    for (size_t k = 0; k < n_levels; ++k) {
+      uint32_t& kept_future = future_[big * n_levels + k];
+      kept_future = std::max(kept_future, future_[small * n_levels + k]);
+    }
   }
 
   // the queue and the adjacency are not needed for the outputs
-  std::vector<HeapEntry>().swap(initial);
+  std::vector<uint32_t>().swap(initial);
   std::vector<AdjacencyMap>().swap(adjacency);
+  decltype(heap)(worse).swap(heap);
 
-  // residual clusters, sorted by id
-  std::vector<uint32_t> kept;
+  // residual clusters (blocked, or open: they may still receive edges), sorted by id
+  std::vector<uint8_t> residual(n_clusters, 0);
   for (uint32_t c = 0; c < n_clusters; ++c) {
-    if (cluster_alive[c] && frozen[c]) kept.push_back(c);
+    if (cluster_alive[c] && (blocked[c] || cluster_level[c] > level)) {
+      kept_.push_back(c);
+      residual[c] = 1;
+    }
   }
-  std::sort(kept.begin(), kept.end(),
+  std::sort(kept_.begin(), kept_.end(),
             [&](uint32_t i, uint32_t j) { return cluster_id[i] < cluster_id[j]; });
-  out.residual_ids.reserve(kept.size());
-  out.residual_levels.reserve(kept.size());
-  for (uint32_t c : kept) {
-    out.residual_ids.push_back(cluster_id[c]);
-    out.residual_levels.push_back(cluster_level[c]);
-  }
 
   // residual edges (sorted by (a, b)) and dropped edges (in edge order)
-  std::vector<uint32_t> residual;
   for (uint32_t f = 0; f < n_edges; ++f) {
-    if (!edge_alive[f]) continue;
-    if (frozen[ea[f]] && frozen[eb[f]]) {
-      residual.push_back(f);
+    if (edge_state[f] == 0) continue;
+    if (residual[ea[f]] && residual[eb[f]]) {
+      residual_.push_back(f);
     } else {
-      const uint64_t i = cluster_id[ea[f]], j = cluster_id[eb[f]];
-      out.dropped.push(std::min(i, j), std::max(i, j), es[f], en[f], eth[f], etl[f]);
+      dropped_.push_back(f);
     }
   }
   auto low = [&](uint32_t f) { return std::min(cluster_id[ea[f]], cluster_id[eb[f]]); };
   auto high = [&](uint32_t f) { return std::max(cluster_id[ea[f]], cluster_id[eb[f]]); };
-  std::sort(residual.begin(), residual.end(), [&](uint32_t f, uint32_t g) {
+  std::sort(residual_.begin(), residual_.end(), [&](uint32_t f, uint32_t g) {
     const uint64_t lf = low(f), lg = low(g);
     return lf != lg ? lf < lg : high(f) < high(g);
   });
-  out.residual_edges.reserve(residual.size());
-  for (uint32_t f : residual) {
-    out.residual_edges.push(low(f), high(f), es[f], en[f], eth[f], etl[f]);
-  }
 }
 
 // out[i] = whether the score 1 - s[i] / (255 n[i]) is below p / q.

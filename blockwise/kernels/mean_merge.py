@@ -24,15 +24,19 @@ Cluster ids: a fragment's cluster starts with the fragment's id; when clusters
 ``a < b`` merge, the merged cluster keeps the id ``a``, so a cluster's id is
 always the smallest fragment id inside it, whatever the order of merges.
 
-A task at octree level ``L`` freezes every cluster whose level ``lambda`` (the
-highest level of an edge of any of its fragments) exceeds ``L``, since it may
-still receive edges from outside the task; see :func:`merge_task`.
+A cluster whose level ``lambda`` (the highest level of an edge of any of its
+fragments) exceeds the task's octree level ``L`` may still receive edges from
+outside the task ("open"). Without future bounds it is frozen (never merged,
+and it blocks the partner of every edge of it taken from the queue); with
+them it merges along an edge that beats every edge it can still receive; see
+:func:`merge_task`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -44,10 +48,12 @@ from blockwise.kernels import _mean_merge
 
 __all__ = [
     "MAX_TOTAL_COUNT",
+    "UNKNOWN_FUTURE",
     "ClusterEdges",
     "MeanMergeInputError",
     "TaskOutput",
     "fragment_edge_keys",
+    "future_bound_codes",
     "merge_bound",
     "merge_task",
     "scores",
@@ -59,6 +65,13 @@ logger = logging.getLogger(__name__)
 #: The sum of ``N`` over all edges of one task must stay below this (2**56),
 #: which keeps every sum in 64 bits and every comparison in 128 bits.
 MAX_TOTAL_COUNT: int = _mean_merge.MAX_TOTAL_COUNT
+
+#: The future bound of a cluster that may receive any edge (no bound known).
+UNKNOWN_FUTURE: int = _mean_merge.UNKNOWN_FUTURE
+
+#: Future bounds are fixed point with this many fraction bits: see
+#: :func:`future_bound_codes`.
+FUTURE_SHIFT = 24
 
 _EDGE_FIELDS = ("a", "b", "s", "n", "tau_hi", "tau_lo")
 _U64_LIMIT = 2**64
@@ -138,19 +151,24 @@ class TaskOutput:
             ``records.a[i] < records.b[i]`` along a cluster edge with the
             statistics ``s[i], n[i], tau[i]``; the merged cluster keeps the id
             ``a[i]``. Its height is ``scores(s, n)``.
-        residual_ids: the frozen clusters, sorted by id.
-        residual_levels: each frozen cluster's level lambda (uint8).
-        residual_edges: every edge between two frozen clusters, whatever its
+        residual_ids: the clusters that are blocked or open (may still receive
+            edges), sorted by id.
+        residual_levels: each residual cluster's level lambda (uint8).
+        residual_futures: (C, K) uint32 future bounds of the residual
+            clusters (K = 0 if the task had none).
+        residual_edges: every edge between two residual clusters, whatever its
             score, ``a < b``, sorted by ``(a, b)``.
         dropped: every other remaining edge: it touches a cluster that is done
-            (not frozen; no edge of it scores below the bound, now or after
-            any later merge). ``a < b``, in the order of the input edges.
+            (neither blocked nor open; no edge of it scores below the bound,
+            now or after any later merge). ``a < b``, in the order of the
+            merged input edges.
         n_stale_pops: heap entries skipped as outdated (a cost measure).
     """
 
     records: ClusterEdges
     residual_ids: NDArray[np.uint64]
     residual_levels: NDArray[np.uint8]
+    residual_futures: NDArray[np.uint32]
     residual_edges: ClusterEdges
     dropped: ClusterEdges
     n_stale_pops: int
@@ -174,6 +192,42 @@ def fragment_edge_keys(
     _check_u64("u", u)
     _check_u64("v", v, length=u.shape[0])
     return np.minimum(u, v), np.maximum(u, v)
+
+
+def future_bound_codes(s: NDArray[np.uint64], n: NDArray[np.uint64]) -> NDArray[np.uint32]:
+    """Return the future-bound code ``1 + ceil(2**24 s / n)`` of each edge, exactly.
+
+    The code ``c`` stands for the mean affinity ``(c - 1) / 2**24``, rounded up
+    from ``s / n``: an edge (S, N) beats it iff ``2**24 S > (c - 1) N``, which
+    implies that its mean exceeds ``s / n``. Codes lie in 1 .. 255 * 2**24 + 1;
+    a cluster's future bound is the largest code of the edges below the merge
+    bound that it can still receive (0: none).
+
+    Args:
+        s: (E,) uint64 affinity sums, ``s <= 255 n``.
+        n: (E,) uint64 counts, ``n >= 1``.
+
+    Raises:
+        MeanMergeInputError: if the arrays are not as documented.
+    """
+    _check_u64("s", s)
+    _check_u64("n", n, length=s.shape[0])
+    if s.size == 0:
+        return np.zeros(0, dtype=np.uint32)
+    if int(n.min()) < 1 or np.any(s > n * np.uint64(255)):
+        raise MeanMergeInputError("future_bound_codes needs n >= 1 and s <= 255 n")
+    if int(s.max()) < 2 ** (64 - FUTURE_SHIFT - 1) and int(n.max()) < 2**39:
+        scaled = (s << np.uint64(FUTURE_SHIFT)) + n - np.uint64(1)
+        codes = scaled // n + np.uint64(1)
+    else:  # exact with Python integers
+        codes = np.array(
+            [
+                -((-(int(a) << FUTURE_SHIFT)) // int(b)) + 1
+                for a, b in zip(s.tolist(), n.tolist(), strict=True)
+            ],
+            dtype=np.uint64,
+        )
+    return codes.astype(np.uint32)
 
 
 def merge_bound(threshold: float | Fraction) -> Fraction:
@@ -220,19 +274,26 @@ def merge_task(
     ids: NDArray[np.uint64],
     levels: NDArray[np.uint8],
     level: int,
-    edges: ClusterEdges,
+    edges: ClusterEdges | Sequence[ClusterEdges],
     bound: Fraction,
+    futures: NDArray[np.uint32] | None = None,
 ) -> TaskOutput:
-    """Run one task: merge mutually best clusters whose edges are all known.
+    """Run one task: merge the pairs that are mutually best in the whole graph.
 
     As in ../shared/AGGLOMERATION.md: clusters with ``levels > level`` are
-    frozen. Edges scoring below ``bound`` are taken best first (the order in
-    the module docstring; outdated heap entries skipped); an edge with a
-    frozen end freezes both ends and stays; otherwise its two clusters merge
-    and their edges to a common neighbour are summed. Input edges that join
-    the same pair of clusters are summed first.
+    open (they may still receive edges from outside the task). Edges scoring
+    below ``bound`` are taken best first (the order in the module docstring;
+    outdated heap entries skipped). A taken edge is the best remaining edge of
+    both its clusters; it merges them iff neither is blocked and its mean
+    exceeds both clusters' future bounds at ``level`` (then no edge either can
+    still receive is better: the pair is mutually best in the whole graph);
+    otherwise both become blocked and never merge in this task. Merged
+    clusters sum their edges to a common neighbour and take the larger level
+    and future bounds. Input edges that join the same pair of clusters are
+    summed first. Without ``futures`` an open cluster is blocked at its first
+    edge: the plain ABISS rule (frozen clusters and contagion).
 
-    Cost: O(E log E) time for E edges; about 130 bytes per edge and 60 per
+    Cost: O(E log E) time for E edges; about 80 bytes per edge and 60 per
     cluster of memory besides the inputs and outputs
     (:func:`blockwise.hierarchical.estimate_task_memory`).
 
@@ -240,13 +301,21 @@ def merge_task(
         ids: (C,) uint64 unique cluster ids, C-contiguous.
         levels: (C,) uint8 level lambda of each cluster.
         level: the task's octree level, 0..255.
-        edges: the cluster edges; every array (E,) uint64, C-contiguous;
+        edges: the cluster edges, or several parts of them (e.g. one per
+            child: read in order, never concatenated, which saves a copy of
+            48 bytes per edge); every array (E,) uint64, C-contiguous;
             ``a != b``, both cluster ids; ``n >= 1``; ``s <= 255 n``; the tie
             keys unique (as :func:`fragment_edge_keys` and the kernel's own
             outputs make them), else ties between equal keys are resolved by
             the heap's internal order.
         bound: the merge bound (:func:`merge_bound`): only edges scoring below
             it merge.
+        futures: (C, K) uint32 future bounds, C-contiguous, or None (K = 0):
+            ``futures[c, l]`` bounds the mean affinity of every edge below
+            ``bound`` that cluster ``c`` can still receive from outside a task
+            at level ``l`` (:func:`future_bound_codes`; 0: none,
+            :data:`UNKNOWN_FUTURE`: anything). Must be 0 where ``l >= levels[c]``
+            and is needed for ``level < K`` only.
 
     Returns:
         The task's records, residual and dropped edges (:class:`TaskOutput`).
@@ -264,25 +333,51 @@ def merge_task(
     _check_array("levels", levels, np.dtype(np.uint8), length=ids.shape[0])
     if isinstance(level, bool) or not isinstance(level, int | np.integer) or not 0 <= level <= 255:
         raise MeanMergeInputError(f"level must be an integer in 0..255, received {level!r}")
-    if not isinstance(edges, ClusterEdges):
-        raise MeanMergeInputError(f"edges must be a ClusterEdges, received {type(edges).__name__}")
-    n_edges = edges.a.shape[0] if isinstance(edges.a, np.ndarray) else -1
-    for name in _EDGE_FIELDS:
-        _check_u64(f"edges.{name}", getattr(edges, name), length=n_edges)
+    parts = [edges] if isinstance(edges, ClusterEdges) else edges
+    if isinstance(parts, str | bytes) or not isinstance(parts, Sequence):
+        raise MeanMergeInputError(
+            f"edges must be a ClusterEdges or a sequence of them, received {type(edges).__name__}"
+        )
+    n_edges = 0
+    for k, part in enumerate(parts):
+        if not isinstance(part, ClusterEdges):
+            raise MeanMergeInputError(
+                f"edges must be a ClusterEdges or a sequence of them, but part {k} is a "
+                f"{type(part).__name__}"
+            )
+        prefix = "edges" if len(parts) == 1 else f"edges[{k}]"
+        length = part.a.shape[0] if isinstance(part.a, np.ndarray) else -1
+        for name in _EDGE_FIELDS:
+            _check_u64(f"{prefix}.{name}", getattr(part, name), length=length)
+        n_edges += length
     p, q = _bound_ints(bound)
+    if futures is None:
+        futures = np.zeros((ids.shape[0], 0), dtype=np.uint32)
+    elif (
+        not isinstance(futures, np.ndarray)
+        or futures.dtype != np.uint32
+        or futures.ndim != 2
+        or futures.shape[0] != ids.shape[0]
+        or not futures.flags.c_contiguous
+    ):
+        raise MeanMergeInputError(
+            f"futures must be a C-contiguous (C, K) uint32 array with one row per cluster "
+            f"({ids.shape[0]}), received "
+            + (
+                f"{futures.ndim}D {futures.dtype} of shape {futures.shape}"
+                if isinstance(futures, np.ndarray)
+                else type(futures).__name__
+            )
+        )
     logger.debug("mean-merge task at level %d: %d clusters, %d edges", level, ids.size, n_edges)
     try:
-        records, residual_ids, residual_levels, residual_edges, dropped, stale = (
+        records, residual_ids, residual_levels, residual_futures, residual_edges, dropped, stale = (
             _mean_merge.merge_task(
                 ids,
                 levels,
+                futures,
                 int(level),
-                edges.a,
-                edges.b,
-                edges.s,
-                edges.n,
-                edges.tau_hi,
-                edges.tau_lo,
+                [tuple(getattr(part, name) for name in _EDGE_FIELDS) for part in parts],
                 p,
                 q,
             )
@@ -295,6 +390,7 @@ def merge_task(
         records=ClusterEdges(*records),
         residual_ids=residual_ids,
         residual_levels=residual_levels,
+        residual_futures=residual_futures,
         residual_edges=ClusterEdges(*residual_edges),
         dropped=ClusterEdges(*dropped),
         n_stale_pops=int(stale),

@@ -197,12 +197,18 @@ def run_case(
     n_levels: int | None = None,
     order_seed: int | None = None,
     task_kernel: TaskKernel = merge_task,
+    use_futures: bool = True,
 ) -> tuple[HierarchyResult, np.ndarray]:
     """Run the hierarchy on a case cut into ``block_shape`` blocks; also return the sorted ids."""
     octree, home = blocks_of(case, block_shape, n_levels)
     graph = build_fragment_graph(case.fragment_ids, home, case.u, case.v, case.s, case.n, octree)
     result = run_hierarchy(
-        graph, octree, thresholds, order_seed=order_seed, task_kernel=task_kernel
+        graph,
+        octree,
+        thresholds,
+        order_seed=order_seed,
+        task_kernel=task_kernel,
+        use_futures=use_futures,
     )
     return result, graph.fragment_ids
 

@@ -174,8 +174,9 @@ def reference_task(
     ids: np.ndarray,
     levels: np.ndarray,
     level: int,
-    edges: ClusterEdges,
+    edges: ClusterEdges | list[ClusterEdges],
     bound: Fraction,
+    futures: np.ndarray | None = None,
     *,
     tie_break: TieBreak = "tau",
     arithmetic: Arithmetic = "exact",
@@ -183,13 +184,39 @@ def reference_task(
 ) -> TaskOutput:
     """One task of AGGLOMERATION.md, the pseudocode written out with a scan for the best edge.
 
+    With ``futures`` (C, K), an open cluster (level above the task's) is not
+    frozen from the start: an edge taken from the queue merges its clusters if
+    neither is blocked and its mean exceeds both clusters' future bounds at
+    this level (a code ``c`` stands for the mean ``(c - 1) / 2**24``; 0: no
+    future edge); otherwise both are blocked. Without them, open clusters are
+    frozen from the start.
+
     ``freezing="no_contagion"`` is a broken variant for a negative control: it
     never freezes the partner of a frozen cluster.
     """
+    if not isinstance(edges, ClusterEdges):
+        edges = ClusterEdges.concatenate(list(edges))
     id_list = [int(i) for i in ids]
     graph = _Graph(id_list)
     level_of = dict(zip(id_list, (int(x) for x in levels), strict=True))
-    frozen = {i for i in id_list if level_of[i] > level}
+    width = 0 if futures is None else futures.shape[1]
+    future_rows: dict[int, list[int]] = {
+        i: ([int(x) for x in futures[k]] if futures is not None else [])
+        for k, i in enumerate(id_list)
+    }
+
+    def future_now(cluster: int) -> Fraction | None:
+        """The bound on the mean of the cluster's edges still to come (None: no bound)."""
+        if futures is None:
+            return Fraction(-1) if level_of[cluster] <= level else None
+        code = future_rows[cluster][level] if level < width else 0
+        return Fraction(-1) if code == 0 else Fraction(code - 1, 2**24)
+
+    def can_merge(cluster: int, edge: _Edge) -> bool:
+        limit = future_now(cluster)
+        return limit is not None and Fraction(edge.s, edge.n) > limit
+
+    frozen: set[int] = set()
     for a, b, s, n, th, tl in zip(*(x.tolist() for x in edges.arrays().values()), strict=True):
         graph.add(a, b, s, n, (th, tl))
     better = _better_fn(tie_break, arithmetic)
@@ -205,11 +232,13 @@ def reference_task(
         assert best is not None
         candidates.discard(best)
         a, b = best
-        if a in frozen or b in frozen:
+        edge = graph.edges[best]
+        if a in frozen or b in frozen or not (can_merge(a, edge) and can_merge(b, edge)):
             if freezing == "full":
                 frozen.update(best)
+            else:  # broken: only the clusters that cannot merge themselves
+                frozen.update(k for k in best if not can_merge(k, edge))
             continue
-        edge = graph.edges[best]
         records.append((a, b, edge.s, edge.n, edge.tau[0], edge.tau[1]))
         was_candidate = {
             x: (min(b, x), max(b, x)) in candidates for x in graph.neighbours[b] if x != a
@@ -217,6 +246,8 @@ def reference_task(
         candidates -= {(min(b, x), max(b, x)) for x in was_candidate}
         changed = set(graph.merge(a, b))
         level_of[a] = max(level_of[a], level_of.pop(b))
+        merged_future = future_rows.pop(b)
+        future_rows[a] = [max(x, y) for x, y in zip(future_rows[a], merged_future, strict=True)]
         for x, candidate in was_candidate.items():
             key = (min(a, x), max(a, x))
             # a summed edge goes back in if below the bound; a moved one keeps its place
@@ -226,9 +257,10 @@ def reference_task(
                 candidates.add(key)
             elif key in changed:
                 candidates.discard(key)
-    residual_ids = sorted(i for i in graph.neighbours if i in frozen)
-    residual = sorted(k for k in graph.edges if k[0] in frozen and k[1] in frozen)
-    dropped = sorted(k for k in graph.edges if not (k[0] in frozen and k[1] in frozen))
+    kept = {i for i in graph.neighbours if i in frozen or level_of[i] > level}
+    residual_ids = sorted(kept)
+    residual = sorted(k for k in graph.edges if k[0] in kept and k[1] in kept)
+    dropped = sorted(k for k in graph.edges if not (k[0] in kept and k[1] in kept))
 
     def as_edges(rows: list[Record]) -> ClusterEdges:
         columns = list(zip(*rows, strict=True)) if rows else [()] * 6
@@ -244,6 +276,9 @@ def reference_task(
         records=as_edges(records),
         residual_ids=np.array(residual_ids, dtype=np.uint64),
         residual_levels=np.array([level_of[i] for i in residual_ids], dtype=np.uint8),
+        residual_futures=np.array([future_rows[i] for i in residual_ids], dtype=np.uint32).reshape(
+            len(residual_ids), width
+        ),
         residual_edges=as_edges(rows_of(residual)),
         dropped=as_edges(rows_of(dropped)),
         n_stale_pops=0,

@@ -108,10 +108,13 @@ def test_merge_forced_sums_parallel_edges_and_keeps_the_largest_key() -> None:
         tau_hi=np.array([3, 3, 5], dtype=np.uint64),
         tau_lo=np.array([5, 9, 9], dtype=np.uint64),
     )
-    out_ids, out_levels, out_edges, records, dropped = merge_forced(
-        ids, levels, edges, np.array([True, False, False])
+    futures = np.array([[7, 0], [2, 5], [9, 9]], dtype=np.uint32)
+    out_ids, out_levels, out_edges, records, dropped, out_futures = merge_forced(
+        ids, levels, edges, np.array([True, False, False]), futures=futures
     )
     assert out_ids.tolist() == [3, 9] and out_levels.tolist() == [2, 1]
+    # the merged cluster takes the larger future bound of its parts per level
+    assert out_futures is not None and out_futures.tolist() == [[7, 5], [9, 9]]
     assert out_edges.a.tolist() == [3] and out_edges.b.tolist() == [9]
     assert out_edges.s.tolist() == [150] and out_edges.n.tolist() == [5]
     assert (out_edges.tau_hi.tolist(), out_edges.tau_lo.tolist()) == ([5], [9])

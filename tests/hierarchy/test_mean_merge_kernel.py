@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.machinery
+import itertools
 from fractions import Fraction
 
 import numpy as np
@@ -212,3 +213,29 @@ def test_total_count_overflow_is_refused() -> None:
     big = np.array([2**55, 2**55], dtype=np.uint64)
     with pytest.raises(OverflowError, match="2\\^56"):
         merge_task(ids, levels, 0, with_field(edges, n=big), Fraction(1, 2))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_edge_parts_equal_their_concatenation(seed: int) -> None:
+    # a task reads its children's residuals as parts, without concatenating
+    # them; parallel edges in different parts are summed all the same
+    ids, levels, edges = random_task(seed)
+    cuts = [0, 10, 10, 57, len(edges)]  # one part is empty
+    parts = [edges.take(slice(a, b)) for a, b in itertools.pairwise(cuts)]
+    bound = Fraction(7, 10)
+    got = merge_task(ids, levels, 2, parts, bound)
+    assert_same_output(got, merge_task(ids, levels, 2, edges, bound))
+    assert_same_output(got, reference_task(ids, levels, 2, edges, bound))
+
+
+def test_edge_parts_are_checked() -> None:
+    ids, levels, edges = good_task()
+    bad = with_field(edges, s=np.array([200, 200], np.int64))
+    with pytest.raises(MeanMergeInputError, match=r"edges\[1\]\.s must be a 1D array of uint64"):
+        merge_task(ids, levels, 0, [edges, bad], Fraction(1, 2))
+    # messages count edges over all parts
+    zero_n = with_field(edges, n=np.array([1, 0], np.uint64))
+    with pytest.raises(MeanMergeInputError, match="edge 3 has N = 0"):
+        merge_task(ids, levels, 0, [edges, zero_n], Fraction(1, 2))
+    with pytest.raises(MeanMergeInputError, match="part 1 is a tuple"):
+        merge_task(ids, levels, 0, [edges, (1, 2)], Fraction(1, 2))  # type: ignore[list-item]
