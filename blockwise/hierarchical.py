@@ -493,27 +493,67 @@ def fragment_futures(plan: HierarchyPlan, bound: Fraction) -> NDArray[np.uint32]
         octree's number of levels; column ``K - 1`` (the root) is 0.
     """
     graph, octree = plan.graph, plan.octree
-    n_levels = octree.n_levels
-    futures = np.zeros((graph.fragment_ids.size, n_levels), dtype=np.uint32)
     edges = graph.edges
-    if len(edges) == 0:
-        return futures
-    below_mask = scores_below(edges.s, edges.n, bound)
-    if graph.forced is not None:
-        below_mask |= graph.forced
-    below = np.flatnonzero(below_mask)
-    codes = future_bound_codes(
-        np.ascontiguousarray(edges.s[below]), np.ascontiguousarray(edges.n[below])
+    edge_levels = octree.node_level(plan.edge_nodes).astype(np.int64)
+    return futures_of(
+        graph.fragment_ids,
+        edges.a,
+        edges.b,
+        edges.s,
+        edges.n,
+        graph.forced,
+        edge_levels,
+        octree.n_levels,
+        bound,
     )
-    if graph.forced is not None:
+
+
+def futures_of(
+    fragment_ids: NDArray[np.uint64],
+    a: NDArray[np.uint64],
+    b: NDArray[np.uint64],
+    s: NDArray[np.uint64],
+    n: NDArray[np.uint64],
+    forced: NDArray[np.bool_] | None,
+    edge_levels: NDArray[np.int64],
+    n_levels: int,
+    bound: Fraction,
+) -> NDArray[np.uint32]:
+    """The future bounds of ``fragment_ids`` (see :func:`fragment_futures`) from fragment edges.
+
+    Args:
+        fragment_ids: (F,) sorted, distinct: the fragments whose rows are returned.
+        a, b, s, n: (E,) fragment edges (ends, affinity sums, counts); edges with
+            neither end among ``fragment_ids`` are ignored, so the edges may be
+            any superset of those touching the fragments.
+        forced: (E,) whether each edge is forced (a cut basin), or None.
+        edge_levels: (E,) the octree level of each edge's LCA.
+        n_levels: the octree's number of levels.
+        bound: the merge bound.
+
+    Returns:
+        (F, n_levels) uint32 codes.
+    """
+    futures = np.zeros((fragment_ids.size, n_levels), dtype=np.uint32)
+    if len(a) == 0 or fragment_ids.size == 0:
+        return futures
+    below_mask = scores_below(s, n, bound)
+    if forced is not None:
+        below_mask |= forced
+    below = np.flatnonzero(below_mask)
+    codes = future_bound_codes(np.ascontiguousarray(s[below]), np.ascontiguousarray(n[below]))
+    if forced is not None:
         # a forced edge merges before anything: its halves wait for it
-        codes[graph.forced[below]] = UNKNOWN_FUTURE
-    edge_levels = octree.node_level(plan.edge_nodes[below]).astype(np.int64)
-    for ends in (edges.a, edges.b):
-        index = np.searchsorted(graph.fragment_ids, ends[below])
-        np.maximum.at(futures, (index, edge_levels), codes)
+        codes[forced[below]] = UNKNOWN_FUTURE
+    levels_below = np.asarray(edge_levels, dtype=np.int64)[below]
+    for ends in (a, b):
+        values = np.asarray(ends, dtype=np.uint64)[below]
+        index = np.searchsorted(fragment_ids, values)
+        mine = index < fragment_ids.size
+        mine[mine] = fragment_ids[index[mine]] == values[mine]
+        np.maximum.at(futures, (index[mine], levels_below[mine]), codes[mine])
     # now futures[f, m] is the best code at LCA level exactly m; column l needs m > l
-    running = np.zeros(graph.fragment_ids.size, dtype=np.uint32)
+    running = np.zeros(fragment_ids.size, dtype=np.uint32)
     for level in range(n_levels - 1, -1, -1):
         at_level = futures[:, level].copy()
         futures[:, level] = running

@@ -101,6 +101,62 @@ def seam_edges(
     return edges, np.concatenate(parts["forced"]).astype(bool)
 
 
+def neighbour_reach(ctx: RunContext) -> tuple[int, int, int]:
+    """Voxels, per axis, that a fragment contact may span: the longest configured offset."""
+    offsets = ctx.config.inputs.offsets
+    if not ctx.config.agglomerate.long_range_edges:
+        offsets = offsets[:3]
+    z, y, x = (max(1, max(abs(int(o[axis])) for o in offsets)) for axis in range(3))
+    return z, y, x
+
+
+def leaf_edges(
+    ctx: RunContext, octree: Octree, block: int, ids: np.ndarray
+) -> tuple[ClusterEdges, np.ndarray, np.ndarray]:
+    """Every fragment edge touching a leaf block's fragments ``ids``, whoever owns it.
+
+    Read from the seam files of the block and of every block within contact
+    reach (an edge is owned by the block of its smaller id). Returns the edges,
+    their forced flags (as their owners found them) and their LCA levels.
+    """
+    reach = neighbour_reach(ctx)
+    shape = ctx.grid.block_shape_vx
+    radius = [-(-r // int(b)) for r, b in zip(reach, shape, strict=True)]
+    centre = octree.block_coords(np.array([block], dtype=np.int64))[0]
+    begin = np.maximum(centre - radius, 0)
+    end = np.minimum(centre + np.asarray(radius) + 1, octree.grid_shape)
+    grid = np.stack(
+        np.meshgrid(*(np.arange(b, e) for b, e in zip(begin, end, strict=True)), indexing="ij"),
+        axis=-1,
+    ).reshape(-1, 3)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*SEAM_ARRAYS, "level")}
+    for owner in octree.block_index(grid).tolist():
+        for level in range(octree.n_levels):
+            path = ctx.layout.seam_path(level, owner)
+            if not path.exists():
+                continue
+            arrays = read_arrays(path, SEAM_ARRAYS)
+            touching = np.isin(arrays["u"], ids) | np.isin(arrays["v"], ids)
+            for name in SEAM_ARRAYS:
+                parts[name].append(arrays[name][touching])
+            parts["level"].append(np.full(int(touching.sum()), level, dtype=np.int64))
+    if not parts["u"]:
+        empty = np.zeros(0, dtype=np.int64)
+        return ClusterEdges.empty(), np.zeros(0, dtype=bool), empty
+    u = np.concatenate(parts["u"]).astype(np.uint64)
+    v = np.concatenate(parts["v"]).astype(np.uint64)
+    tau_hi, tau_lo = fragment_edge_keys(u, v)
+    edges = ClusterEdges(
+        a=np.minimum(u, v),
+        b=np.maximum(u, v),
+        s=np.concatenate(parts["s"]).astype(np.uint64),
+        n=np.concatenate(parts["n"]).astype(np.uint64),
+        tau_hi=tau_hi,
+        tau_lo=tau_lo,
+    )
+    return edges, np.concatenate(parts["forced"]).astype(bool), np.concatenate(parts["level"])
+
+
 def read_records(ctx: RunContext) -> ClusterEdges:
     """Every merge record of every task (find_segments), checking each task file is there."""
     octree = octree_of(ctx)

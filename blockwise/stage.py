@@ -261,7 +261,11 @@ class StageTask:
     def tiling(self, ctx: RunContext) -> Tiling:
         """The task's blocks."""
         tiling = self.stage.tiling(ctx)
-        return tiling if self.level is None else tiling.coarsened(self.level)
+        if self.level is None or self.level == 0:
+            # level 0 is the stage's own tiling, context included (its leaves may read
+            # what neighbouring blocks wrote, so daisy waits for those)
+            return tiling
+        return tiling.coarsened(self.level)
 
 
 def stage_tasks(ctx: RunContext, stage: Stage) -> list[StageTask]:

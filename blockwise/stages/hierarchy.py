@@ -32,13 +32,20 @@ from blockwise.config import RunConfig
 from blockwise.errors import StoreError
 from blockwise.hierarchical import (
     Residual,
+    futures_of,
     leaf_residual,
     load_task_result,
     read_arrays,
     run_task,
     save_task_result,
 )
-from blockwise.hierarchy_files import LEAF_ARRAYS, octree_of, seam_edges
+from blockwise.hierarchy_files import (
+    LEAF_ARRAYS,
+    leaf_edges,
+    neighbour_reach,
+    octree_of,
+    seam_edges,
+)
 from blockwise.kernels.mean_merge import merge_bound
 from blockwise.run_context import RunContext
 from blockwise.stage import Stage, StageBlock, Tiling, single_function
@@ -73,7 +80,22 @@ def process_block(ctx: RunContext, block: StageBlock) -> None:
                 "re-run agglomerate (blockwise reset CONFIG agglomerate)"
             )
         arrays = read_arrays(path, LEAF_ARRAYS)
-        children = [leaf_residual(arrays["ids"], arrays["levels"])]
+        ids = arrays["ids"].astype(np.uint64)
+        # future bounds: per fragment and level, the best mean still to come from
+        # outside the task, from every edge touching the leaf (its neighbours' too)
+        touching, touching_forced, touching_levels = leaf_edges(ctx, octree, node, ids)
+        futures = futures_of(
+            ids,
+            touching.a,
+            touching.b,
+            touching.s,
+            touching.n,
+            touching_forced,
+            touching_levels,
+            octree.n_levels,
+            merge_bound(ctx.config.merge_until),
+        )
+        children = [leaf_residual(ids, arrays["levels"], futures)]
     else:
         children = [
             load_task_result(layout.task_path(level - 1, int(child))).residual
@@ -129,9 +151,17 @@ def levels(ctx: RunContext) -> int:
 
 
 def tiling(ctx: RunContext) -> Tiling:
-    """The leaves: the extract_fragments grid, no context (levels coarsen it)."""
+    """The leaves: the extract_fragments grid (levels coarsen it).
+
+    A leaf reads the seam files of the blocks within contact reach (the edges
+    they own that touch its fragments, for the future bounds), so its context
+    makes daisy wait for their agglomerate blocks; it reads no array.
+    """
     return Tiling(
-        ctx.data_roi, ctx.voxel_size, Coordinate(ctx.config.extract_fragments.block_shape_vx)
+        ctx.data_roi,
+        ctx.voxel_size,
+        Coordinate(ctx.config.extract_fragments.block_shape_vx),
+        Coordinate(neighbour_reach(ctx)),
     )
 
 
