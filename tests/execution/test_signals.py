@@ -32,7 +32,7 @@ import yaml
 from gala import assert_same_outputs, gala_data
 
 from blockwise.config import parse_config
-from blockwise.execution.local import scheduler_gone
+from blockwise.execution.local import POLL_S, scheduler_gone
 from blockwise.runner import run
 
 pytestmark = pytest.mark.skipif(
@@ -306,8 +306,10 @@ def test_a_signalled_driver_stops_every_worker_summarises_and_resumes(
     assert not left, f"worker processes survived the driver: {left}"
     assert driver.returncode == 128 + signum, out
     assert "Traceback" not in out, out
-    # at most one line per process: daisy's own notice of the abort
-    assert len([line for line in out.splitlines() if "WARN" in line]) <= 1, out
+    # at most one line per process: daisy's own notice of the abort (and, when the
+    # whole group got the signal, one per worker slot that died of it)
+    most = 1 + (len(slots) if to_group else 0)
+    assert len([line for line in out.splitlines() if "WARN" in line]) <= most, out
     assert "Run summary" in out and f"interrupted by {signal.Signals(signum).name}" in out, out
     done_before = int(stage_line(out, "extract_fragments")[2])
     assert done_before >= 1, out
@@ -345,12 +347,16 @@ def test_a_worker_stopped_mid_block_does_not_keep_the_run_from_finishing(
     os.kill(victim, signal.SIGSTOP)
     stopped = time.monotonic()
     out, _ = driver.communicate(timeout=240)
-    print(f"run finished {time.monotonic() - stopped:.1f} s after the SIGSTOP")
+    finished_s = time.monotonic() - stopped
+    print(f"run finished {finished_s:.1f} s after the SIGSTOP")
 
     assert driver.returncode == 0, out
     assert _proc_stat(victim) is None, "the stopped worker is still there"
     logs = "".join(p.read_text() for p in (run_dir / "logs" / "extract_fragments").glob("*.err"))
-    assert f"worker {victim} of extract_fragments stopped for" in logs, logs
+    # its watcher kills it once it has seen it stopped for a block timeout (it looks
+    # every POLL_S); a run that ends before that removes it as the scheduler goes
+    if finished_s > BLOCK_TIMEOUT_S + 3 * POLL_S:
+        assert f"worker {victim} of extract_fragments stopped for" in logs, logs
     assert_identical(run_dir, reference)
 
 
