@@ -63,6 +63,21 @@ def save_seams(
         write_arrays(path, {name: columns[name][rows] for name in SEAM_ARRAYS})
 
 
+def _edges_of(parts: dict[str, list[np.ndarray]]) -> ClusterEdges:
+    """Fragment edges from the seam-file columns read in parts (``u``, ``v``, ``s``, ``n``)."""
+    u = np.concatenate(parts["u"]).astype(np.uint64)
+    v = np.concatenate(parts["v"]).astype(np.uint64)
+    tau_hi, tau_lo = fragment_edge_keys(u, v)
+    return ClusterEdges(
+        a=np.minimum(u, v),
+        b=np.maximum(u, v),
+        s=np.concatenate(parts["s"]).astype(np.uint64),
+        n=np.concatenate(parts["n"]).astype(np.uint64),
+        tau_hi=tau_hi,
+        tau_lo=tau_lo,
+    )
+
+
 def seam_edges(
     ctx: RunContext, octree: Octree, level: int, node: int
 ) -> tuple[ClusterEdges, np.ndarray]:
@@ -87,17 +102,7 @@ def seam_edges(
             parts[name].append(arrays[name])
     if not parts["u"]:
         return ClusterEdges.empty(), np.zeros(0, dtype=bool)
-    u = np.concatenate(parts["u"]).astype(np.uint64)
-    v = np.concatenate(parts["v"]).astype(np.uint64)
-    tau_hi, tau_lo = fragment_edge_keys(u, v)
-    edges = ClusterEdges(
-        a=np.minimum(u, v),
-        b=np.maximum(u, v),
-        s=np.concatenate(parts["s"]).astype(np.uint64),
-        n=np.concatenate(parts["n"]).astype(np.uint64),
-        tau_hi=tau_hi,
-        tau_lo=tau_lo,
-    )
+    edges = _edges_of(parts)
     return edges, np.concatenate(parts["forced"]).astype(bool)
 
 
@@ -143,17 +148,7 @@ def leaf_edges(
     if not parts["u"]:
         empty = np.zeros(0, dtype=np.int64)
         return ClusterEdges.empty(), np.zeros(0, dtype=bool), empty
-    u = np.concatenate(parts["u"]).astype(np.uint64)
-    v = np.concatenate(parts["v"]).astype(np.uint64)
-    tau_hi, tau_lo = fragment_edge_keys(u, v)
-    edges = ClusterEdges(
-        a=np.minimum(u, v),
-        b=np.maximum(u, v),
-        s=np.concatenate(parts["s"]).astype(np.uint64),
-        n=np.concatenate(parts["n"]).astype(np.uint64),
-        tau_hi=tau_hi,
-        tau_lo=tau_lo,
-    )
+    edges = _edges_of(parts)
     return edges, np.concatenate(parts["forced"]).astype(bool), np.concatenate(parts["level"])
 
 

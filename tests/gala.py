@@ -40,6 +40,15 @@ def gala_data(gala: Path, run_dir: Path, **sections: Any) -> dict[str, Any]:
     return data
 
 
+def nan_affinities(path: Path) -> Path:
+    """A float zarr of affinities (3, 32, 32, 64), 8 nm, holding NaN in block 1 of 32^3 blocks."""
+    affs = np.random.default_rng(0).random((3, 32, 32, 64)).astype(np.float32)
+    affs[:, 3, 3, 40] = np.nan  # in block 1 of 2
+    root = zarr.open_group(str(path), mode="w")
+    root.create_dataset("affs", data=affs, chunks=(3, 16, 16, 16)).attrs["resolution"] = [8, 8, 8]
+    return path
+
+
 def write_config(data: dict[str, Any], path: Path) -> Path:
     """Write a config dict as YAML; returns ``path``."""
     path.write_text(yaml.safe_dump(data))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from gala import gala_data
+from gala import gala_data, nan_affinities
 
 from blockwise.config import parse_config
 from blockwise.runner import run
@@ -68,11 +68,7 @@ def test_unknown_key_exits_2_naming_it(tmp_path: Path, gala: Path) -> None:
 
 @pytest.mark.slow
 def test_failed_block_exits_nonzero_listing_it(tmp_path: Path) -> None:
-    data = tmp_path / "nan.zarr"
-    affs = np.random.default_rng(0).random((3, 32, 32, 64)).astype(np.float32)
-    affs[:, 3, 3, 40] = np.nan  # block 1 of 2
-    root = zarr.open_group(str(data), mode="w")
-    root.create_dataset("affs", data=affs, chunks=(3, 16, 16, 16)).attrs["resolution"] = [8, 8, 8]
+    data = nan_affinities(tmp_path / "nan.zarr")
     config = {
         "name": "nan",
         "run_dir": str(tmp_path / "run"),

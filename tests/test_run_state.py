@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from gala import assert_same_outputs, gala_data, outputs
+from gala import assert_same_outputs, gala_data, nan_affinities, outputs
 
 from blockwise.config import parse_config
 from blockwise.driver_lock import DriverLock
@@ -194,11 +194,7 @@ def test_a_deterministic_failure_is_not_retried_pointlessly(
 ) -> None:
     from blockwise.run_context import RunContext
 
-    data = tmp_path / "nan.zarr"
-    affs = np.random.default_rng(0).random((3, 32, 32, 64)).astype(np.float32)
-    affs[:, 3, 3, 40] = np.nan  # in block 1 of 2
-    root = zarr.open_group(str(data), mode="w")
-    root.create_dataset("affs", data=affs, chunks=(3, 16, 16, 16)).attrs["resolution"] = [8, 8, 8]
+    data = nan_affinities(tmp_path / "nan.zarr")
     reads: list[str] = []
     original = RunContext.read_affinities
 
@@ -230,11 +226,7 @@ def test_a_failing_block_reads_as_one_line_on_the_terminal(tmp_path: Path) -> No
     # with worker processes and retries: the terminal shows the summary with one line
     # for the failed block and none of its tracebacks (daisy's scheduler printed one
     # per attempt); the traceback is in the run directory, once
-    data = tmp_path / "nan.zarr"
-    affs = np.random.default_rng(0).random((3, 32, 32, 64)).astype(np.float32)
-    affs[:, 3, 3, 40] = np.nan  # in block 1 of 2
-    root = zarr.open_group(str(data), mode="w")
-    root.create_dataset("affs", data=affs, chunks=(3, 16, 16, 16)).attrs["resolution"] = [8, 8, 8]
+    data = nan_affinities(tmp_path / "nan.zarr")
     config = {
         "name": "nan",
         "run_dir": str(tmp_path / "run"),

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zarr
-from gala import gala_data
+from gala import gala_data, nan_affinities
 from PIL import Image
 
 from blockwise.config import parse_config
@@ -107,11 +106,7 @@ def test_recorded_block_times_become_the_per_worker_plot(tmp_path: Path, gala: P
 
 
 def test_failed_run_writes_a_failed_summary(tmp_path: Path) -> None:
-    data = tmp_path / "nan.zarr"
-    affs = np.random.default_rng(0).random((3, 32, 32, 64)).astype(np.float32)
-    affs[:, 3, 3, 40] = np.nan  # in block 1 of 2
-    root = zarr.open_group(str(data), mode="w")
-    root.create_dataset("affs", data=affs, chunks=(3, 16, 16, 16)).attrs["resolution"] = [8, 8, 8]
+    data = nan_affinities(tmp_path / "nan.zarr")
     cfg = parse_config(
         {
             "name": "nan",
