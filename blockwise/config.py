@@ -244,9 +244,14 @@ class ScoringConfig(Model):
 
 
 class AgglomerateConfig(Model):
-    """Region merging inside each block's read ROI."""
+    """Measuring the region graph block by block, with the basins block faces cut."""
 
-    context_vx: NonNegativeVec3 = (16, 16, 16)
+    context_vx: NonNegativeVec3 = Field(
+        default=(16, 16, 16),
+        description="voxels read around each block; at least extract_fragments.context_vx "
+        "is read (the cut-basin search covers the flood extract_fragments saved for its "
+        "read ROI) and edge statistics need one offset; a larger context only reads more",
+    )
     scoring: ScoringConfig = ScoringConfig()
     long_range_edges: bool = Field(
         default=False,

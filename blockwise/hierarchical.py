@@ -47,8 +47,12 @@ cluster is named ``a[i]``; its height is ``1 - s / (255 n)``.
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 import os
+import re
+import struct
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -1120,20 +1124,73 @@ def write_arrays(path: str | os.PathLike[str], arrays: dict[str, NDArray[np.gene
             temporary.unlink()
 
 
+# the header numpy writes for a plain (non-structured) array: dtype, order, shape
+_NPY_HEADER = re.compile(
+    r"\{'descr': '([<>|=][a-zA-Z][0-9]*)', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \}"
+)
+# a zip local file header: signature .. name length (offset 26), extra length (28)
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+def _stored_member(blob: bytearray, info: zipfile.ZipInfo) -> NDArray[Any] | None:
+    """The array of one uncompressed .npy member, read in place (None: not such a member)."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    signature, name_length, extra_length = _LOCAL_HEADER.unpack_from(blob, info.header_offset)
+    if signature != b"PK\x03\x04":
+        return None
+    begin = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    member = memoryview(blob)[begin : begin + info.file_size]
+    if len(member) < 10 or bytes(member[:6]) != b"\x93NUMPY":
+        return None
+    if member[6] == 1:
+        (header_length,), header_begin = struct.unpack_from("<H", member, 8), 10
+    else:
+        (header_length,), header_begin = struct.unpack_from("<I", member, 8), 12
+    data_begin = header_begin + header_length
+    header = bytes(member[header_begin:data_begin]).decode("latin1")
+    match = _NPY_HEADER.match(header)
+    if match is None:
+        return None
+    dtype = np.dtype(match.group(1))
+    shape = tuple(int(x) for x in match.group(2).replace(" ", "").split(",") if x)
+    count = math.prod(shape)
+    if data_begin + count * dtype.itemsize > len(member):
+        raise ValueError(f"{info.filename} is truncated")
+    return np.frombuffer(member, dtype=dtype, count=count, offset=data_begin).reshape(shape)
+
+
 def read_arrays(path: str | os.PathLike[str], names: Sequence[str]) -> dict[str, NDArray[Any]]:
     """The named arrays of an .npz written by :func:`write_arrays`.
+
+    The file is read whole and its members are viewed in place (no copy, no
+    per-member header parsing by ``ast``): the hierarchy reads thousands of
+    small files. Members laid out otherwise (compressed, structured dtypes)
+    go through ``np.load``; both give the same arrays (writable).
 
     Raises:
         HierarchyInputError: if the file cannot be read or lacks an array (names both).
     """
     source = Path(path)
     try:
-        with open(source, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-            missing = [name for name in names if name not in data.files]
+        with open(source, "rb") as handle:
+            blob = bytearray(os.fstat(handle.fileno()).st_size)
+            if handle.readinto(blob) != len(blob):
+                raise OSError("the file changed while it was read")
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            missing = [name for name in names if f"{name}.npy" not in members]
             if missing:
                 raise HierarchyInputError(f"{source} lacks the arrays {missing}")
-            return {name: data[name] for name in names}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+            arrays: dict[str, NDArray[Any]] = {}
+            for name in names:
+                array = _stored_member(blob, members[f"{name}.npy"])
+                if array is None:
+                    with archive.open(f"{name}.npy") as stream:
+                        array = np.lib.format.read_array(stream, allow_pickle=False)
+                arrays[name] = array
+            return arrays
+    except (OSError, ValueError, struct.error, zipfile.BadZipFile) as e:
         if isinstance(e, HierarchyInputError):
             raise
         raise HierarchyInputError(f"cannot read {source}: {e}") from e

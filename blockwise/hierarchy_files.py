@@ -10,7 +10,10 @@ stage modules so that no stage imports another.
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +26,39 @@ from blockwise.run_context import RunContext
 
 LEAF_ARRAYS = ("ids", "levels")
 SEAM_ARRAYS = ("u", "v", "s", "n", "forced")
+
+
+# seam files read by this process, by path: (identity of the file read, its arrays)
+_SEAM_CACHE: OrderedDict[str, tuple[tuple[int, int, int], dict[str, np.ndarray]]] = OrderedDict()
+#: seam files kept in memory per process (a leaf reads its 27 neighbours' files, of every level)
+SEAM_CACHE_FILES = 1024
+
+
+def _read_seam(path: Path) -> dict[str, np.ndarray] | None:
+    """A seam file's arrays (None if there is none), remembered while the file stays the same.
+
+    Neighbouring leaf tasks read the same seam files; the file's inode, size
+    and modification time identify what was read (a rewrite replaces the file,
+    which changes its inode), so a rewritten file is read again.
+    """
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        _SEAM_CACHE.pop(str(path), None)
+        return None
+    identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key = str(path)
+    known = _SEAM_CACHE.get(key)
+    if known is not None and known[0] == identity:
+        _SEAM_CACHE.move_to_end(key)
+        return known[1]
+    arrays = read_arrays(path, SEAM_ARRAYS)
+    for array in arrays.values():
+        array.flags.writeable = False  # shared by every reader in this process
+    _SEAM_CACHE[key] = (identity, arrays)
+    if len(_SEAM_CACHE) > SEAM_CACHE_FILES:
+        _SEAM_CACHE.popitem(last=False)
+    return arrays
 
 
 @cache
@@ -94,10 +130,9 @@ def seam_edges(
         axis=-1,
     ).reshape(-1, 3)
     for block in octree.block_index(grid).tolist():
-        path = ctx.layout.seam_path(level, block)
-        if not path.exists():
+        arrays = _read_seam(ctx.layout.seam_path(level, block))
+        if arrays is None:
             continue
-        arrays = read_arrays(path, SEAM_ARRAYS)
         for name in SEAM_ARRAYS:
             parts[name].append(arrays[name])
     if not parts["u"]:
@@ -137,10 +172,9 @@ def leaf_edges(
     parts: dict[str, list[np.ndarray]] = {name: [] for name in (*SEAM_ARRAYS, "level")}
     for owner in octree.block_index(grid).tolist():
         for level in range(octree.n_levels):
-            path = ctx.layout.seam_path(level, owner)
-            if not path.exists():
+            arrays = _read_seam(ctx.layout.seam_path(level, owner))
+            if arrays is None:
                 continue
-            arrays = read_arrays(path, SEAM_ARRAYS)
             touching = np.isin(arrays["u"], ids) | np.isin(arrays["v"], ids)
             for name in SEAM_ARRAYS:
                 parts[name].append(arrays[name][touching])

@@ -325,8 +325,14 @@ def _agglomerate_block_files(ctx: RunContext, block: int) -> list[Path]:
     return [layout.leaf_path(block), *seams]
 
 
+def _extract_block_files(ctx: RunContext, block: int) -> list[Path]:
+    """The flood an extract_fragments block saves for the cut-basin search (several blocks)."""
+    return [ctx.layout.basin_path(block)] if ctx.grid.num_blocks > 1 else []
+
+
 #: per-block files (beyond zarr chunks) a block of the stage writes; the first must exist
 OUTPUT_BLOCK_FILES: dict[str, Callable[[RunContext, int], list[Path]]] = {
+    "extract_fragments": _extract_block_files,
     "agglomerate": _agglomerate_block_files,
 }
 OUTPUT_FILES: dict[str, Callable[[RunContext], list[Path]]] = {

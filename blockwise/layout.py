@@ -68,6 +68,10 @@ class RunLayout:
         """A leaf block's fragments with their levels, written by agglomerate."""
         return self.hierarchy_dir / "leaves" / f"block_{block}.npz"
 
+    def basin_path(self, block: int) -> Path:
+        """An extract_fragments block's flood of its read ROI, for the cut-basin search."""
+        return self.run_dir / "basins" / f"block_{block}.npz"
+
     def seam_dir(self, level: int) -> Path:
         """The edges whose lowest common ancestor lies on ``level``, one file per owning block."""
         return self.hierarchy_dir / "edges" / f"level_{level}"

@@ -3,11 +3,14 @@
 extract_fragments floods each block's read ROI and keeps its write ROI, so a
 basin that straddles a block face becomes one fragment on each side. Left
 alone, the cut would turn into an edge scored like any other and halves of one
-basin would only merge late, or not at all. An agglomerate block therefore
-floods its own read ROI once more (the face now lies inside it) and finds the
-pairs of fragments from different blocks that touch across a face and are
-mostly covered by the same basin: those pairs are one basin and are merged
-before any scoring, as they would be had the volume been processed whole.
+basin would only merge late, or not at all. The flood of a block's read ROI
+reaches across its faces: extract_fragments saves it
+(:mod:`blockwise.basin_files`), and the agglomerate block of the same index
+finds in it the pairs of fragments from different blocks that touch across a
+face and are mostly covered by the same basin: those pairs are one basin and
+are merged before any scoring, as they would be had the volume been processed
+whole. How far a basin is followed across a face is extract_fragments'
+context.
 """
 
 from __future__ import annotations

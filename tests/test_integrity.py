@@ -148,6 +148,26 @@ def test_a_deleted_fragments_chunk_is_rerun_with_what_read_it(
     assert all(s.done == 0 for s in again.stages), again.summary()
 
 
+@pytest.mark.parametrize("damage", ["deleted", "garbled"])
+def test_a_damaged_basin_file_reruns_its_extract_block(
+    gala: Path, tmp_path: Path, references: Callable[[str], Path], damage: str
+) -> None:
+    """agglomerate finds cut basins in the flood extract_fragments saved per block."""
+    data, run_dir = finished(gala, tmp_path, "hierarchical")
+    basin = run_dir / "basins" / "block_8.npz"
+    if damage == "deleted":
+        basin.unlink()
+    else:
+        basin.write_bytes(b"not an npz" * 10)
+    result = in_process(data)
+    done = done_counts(result)
+    assert done["extract_fragments"] == 1
+    assert basin.is_file()
+    assert_identical(run_dir, references("hierarchical"))
+    again = in_process(data)
+    assert all(s.done == 0 for s in again.stages), again.summary()
+
+
 @pytest.mark.slow
 def test_a_corrupted_chunk_is_named_and_rerun(gala: Path, tmp_path: Path, reference: Path) -> None:
     data, run_dir = finished(gala, tmp_path)

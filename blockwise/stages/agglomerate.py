@@ -4,10 +4,11 @@ With ``segments.method: hierarchical`` a block measures the integer edge
 statistics of the pairs it owns and the levels of its fragments for the
 hierarchy stage (:func:`measure_block`). With ``global``:
 
-A block reads fragments and affinities of its read ROI (write ROI + context),
-finds the basins that block faces cut into several fragments
-(:mod:`blockwise.stitching`), builds the region graph with each edge's
-statistic for the configured scoring, and writes the edges (u, v), u < v,
+A block reads the fragments of its read ROI (write ROI + context), finds the
+basins that block faces cut into several fragments (:mod:`blockwise.stitching`,
+in the flood extract_fragments saved), builds the region graph of the write
+ROI grown by one offset with each edge's statistic for the configured
+scoring, and writes the edges (u, v), u < v,
 whose fragment u belongs to this block (fragment ids encode their block),
 with their initial score and statistic; the halves of a cut basin are marked
 with the merge score -1 (merged unconditionally). find_segments merges the
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
-from funlib.geometry import Coordinate
+from funlib.geometry import Coordinate, Roi
 
+from blockwise.basin_files import BasinFileError, load_basins
 from blockwise.contacts import contact_statistics, quantise_affinities
-from blockwise.fragments import fragments_for_config
 from blockwise.geometry import roi_slices
 from blockwise.hierarchy_files import octree_of, save_leaf, save_seams
 from blockwise.kernels.region_merging import merge_regions
@@ -44,13 +45,44 @@ NO_SCORED_MERGES = 0.0
 
 
 def cut_basins(
-    ctx: RunContext, fragments: np.ndarray, affs: np.ndarray
+    ctx: RunContext, block: StageBlock, fragments: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (u, v) of fragments from different blocks that are one basin cut by a face."""
-    basins = fragments_for_config(
-        affs, ctx.voxel_size, ctx.config.extract_fragments, fragments != 0
+    """Pairs (u, v) of fragments from different blocks that are one basin cut by a face.
+
+    The basins are extract_fragments' flood of this block's read ROI, saved by
+    that block (:mod:`blockwise.basin_files`): the region is not flooded a
+    second time. The agglomerate block's read ROI covers it (:func:`tiling`).
+
+    Args:
+        ctx: the run.
+        block: the agglomerate block (the extract_fragments block of the same index).
+        fragments: the global fragment ids of ``block.read_roi``.
+    """
+    if ctx.grid.num_blocks == 1:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, empty
+    flood_roi, flood = load_basins(ctx.layout, block.index, block.write_roi)
+    if not block.read_roi.contains(flood_roi):
+        raise BasinFileError(
+            f"{ctx.layout.basin_path(block.index)}: the flood covers {flood_roi}, beyond "
+            f"agglomerate block {block.index}'s read ROI {block.read_roi}"
+        )
+    return cut_pairs(
+        np.ascontiguousarray(fragments[roi_slices(flood_roi, block.read_roi, ctx.voxel_size)]),
+        flood,
+        ctx.fragment_ids.block_of_id,
     )
-    return cut_pairs(fragments, basins, ctx.fragment_ids.block_of_id)
+
+
+def contact_region(ctx: RunContext, block: StageBlock, offsets: Sequence[Sequence[int]]) -> Roi:
+    """The block's write ROI grown by the longest offset, cut to its read ROI.
+
+    Every contact of the block's fragments (a voxel of the block and one an
+    offset away) lies inside, with the affinity that measures it.
+    """
+    reach = Coordinate(max(abs(o[axis]) for o in offsets) for axis in range(3))
+    near = block.write_roi.grow(reach * ctx.voxel_size, reach * ctx.voxel_size)
+    return near.intersect(block.read_roi)
 
 
 def agglomerate_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
@@ -62,11 +94,12 @@ def agglomerate_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
     (``CUT_MERGE_SCORE``); every other edge's merge score is NaN. Writes nothing.
     """
     fragments = ctx.fragments.read(block.read_roi)
-    affs = ctx.read_affinities(block.read_roi)
-    cut = cut_basins(ctx, fragments, affs)
+    cut = cut_basins(ctx, block, fragments)
+    near = contact_region(ctx, block, ctx.config.inputs.offsets[:3])
+    affs = ctx.read_affinities(near)
     graph = merge_regions(
         np.ascontiguousarray(affs[:3]),
-        fragments,
+        np.ascontiguousarray(fragments[roi_slices(near, block.read_roi, ctx.voxel_size)]),
         NO_SCORED_MERGES,
         scoring_from_config(ctx.config.agglomerate.scoring),
         forced_pairs=cut,
@@ -82,13 +115,12 @@ def agglomerate_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
     return EdgeTable(u, v, graph.score[own], merge_score, stats)
 
 
-def measured_affinities(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, np.ndarray]:
-    """The read ROI's affinities as uint8 (for the edge statistics) and as float32 in [0, 1]."""
-    raw = ctx.affinities.read(block.read_roi)
+def measured_affinities(ctx: RunContext, roi: Roi) -> np.ndarray:
+    """The affinities of ``roi`` as uint8 (for the edge statistics)."""
+    raw = ctx.affinities.read(roi)
     if raw.dtype == np.uint8:
-        return raw, raw.astype(np.float32) / np.float32(255.0)
-    affs = ctx.read_affinities(block.read_roi)  # checks the values
-    return quantise_affinities(affs), affs
+        return raw
+    return quantise_affinities(ctx.read_affinities(roi))  # checks the values
 
 
 def measure_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
@@ -107,19 +139,13 @@ def measure_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
     ``CUT_MERGE_SCORE``).
     """
     fragments = ctx.fragments.read(block.read_roi)
-    affs_u8, affs = measured_affinities(ctx, block)
     offsets = ctx.config.inputs.offsets
     if not ctx.config.agglomerate.long_range_edges:
         offsets = offsets[:3]
-    # every contact of the block's fragments lies within one offset of its write ROI
-    reach = Coordinate(max(abs(o[axis]) for o in offsets) for axis in range(3))
-    near = block.write_roi.grow(reach * ctx.voxel_size, reach * ctx.voxel_size)
-    near = near.intersect(block.read_roi)
+    near = contact_region(ctx, block, offsets)
     inner = roi_slices(near, block.read_roi, ctx.voxel_size)
     stats = contact_statistics(
-        np.ascontiguousarray(fragments[inner]),
-        np.ascontiguousarray(affs_u8[(slice(None), *inner)]),
-        offsets,
+        np.ascontiguousarray(fragments[inner]), measured_affinities(ctx, near), offsets
     )
     block_u = ctx.fragment_ids.block_of_id(stats.u)
     block_v = ctx.fragment_ids.block_of_id(stats.v)
@@ -137,7 +163,7 @@ def measure_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
     u, v, s, n = stats.u[owned], stats.v[owned], stats.s[owned], stats.n[owned]
     forced = np.zeros(u.size, dtype=bool)
     if ctx.grid.num_blocks > 1:
-        forced = is_pair(u, v, cut_basins(ctx, fragments, affs))
+        forced = is_pair(u, v, cut_basins(ctx, block, fragments))
     save_leaf(ctx.layout, block.index, own_ids, levels)
     save_seams(
         ctx.layout,
@@ -162,12 +188,23 @@ def process_block(ctx: RunContext, block: StageBlock) -> None:
 
 
 def tiling(ctx: RunContext) -> Tiling:
-    """The extract_fragments grid (edge ownership follows fragment ids) with more context."""
+    """The extract_fragments grid (edge ownership follows fragment ids) with more context.
+
+    The context is ``agglomerate.context_vx``, and at least extract_fragments'
+    context: the cut-basin search reads the fragments of the whole region the
+    block's saved flood covers (and daisy then waits for the blocks that wrote them).
+    """
+    context = Coordinate(
+        max(a, e)
+        for a, e in zip(
+            ctx.config.agglomerate.context_vx, ctx.config.extract_fragments.context_vx, strict=True
+        )
+    )
     return Tiling(
         ctx.data_roi,
         ctx.voxel_size,
         Coordinate(ctx.config.extract_fragments.block_shape_vx),
-        Coordinate(ctx.config.agglomerate.context_vx),
+        context,
     )
 
 
@@ -185,7 +222,7 @@ def clear_outputs(ctx: RunContext) -> None:
         shutil.rmtree(ctx.layout.hierarchy_dir / name, ignore_errors=True)
 
 
-# affinities float32 x3, fragments, basins, region graph
+# global: affinities float32 x3, fragments, the saved flood, region graph
 STAGE = Stage(
     name=NAME,
     # segments.method decides whether edges carry their statistics

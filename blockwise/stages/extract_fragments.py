@@ -4,18 +4,22 @@ A block floods the affinities of its read ROI (write ROI + context, cut to the
 data), keeps the part inside its write ROI, numbers those fragments 1..n and
 offsets them by the block's id range, so fragment ids are unique across blocks
 and no fragment crosses a write ROI. Each fragment becomes a graph node with
-its centre (nm) and size (voxels).
+its centre (nm) and size (voxels). With more than one block, the flood of the
+whole read ROI is saved too (:mod:`blockwise.basin_files`): agglomerate finds
+the basins that block faces cut from it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from blockwise.basin_files import save_basins
 from blockwise.fragments import fragments_for_config
 from blockwise.geometry import roi_slices
 from blockwise.kernels.relabel import consecutive
@@ -65,8 +69,9 @@ def fragment_nodes(
     return NodeTable(ids, centers, sizes[1:].astype(np.int64))
 
 
-def extract_block(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, NodeTable]:
-    """Fragments (global ids) of the block's write ROI and their nodes; writes nothing."""
+def extract_block(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, NodeTable, np.ndarray]:
+    """Fragments (global ids) of the block's write ROI, their nodes, and the flood of its
+    read ROI (local ids); writes nothing."""
     local = fragments_for_config(
         ctx.read_affinities(block.read_roi),
         ctx.voxel_size,
@@ -79,12 +84,14 @@ def extract_block(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, NodeT
     id_range = ctx.fragment_ids.id_range(block.index)
     fragments = np.where(cropped != 0, cropped + np.uint64(id_range.first - 1), np.uint64(0))
     nodes = fragment_nodes(cropped, count, id_range.first, block.write_roi, ctx.voxel_size)
-    return fragments.astype(np.uint64), nodes
+    return fragments.astype(np.uint64), nodes, local
 
 
 def process_block(ctx: RunContext, block: StageBlock) -> None:
-    """Extract the fragments of one block, write them and their nodes."""
-    fragments, nodes = extract_block(ctx, block)
+    """Extract the fragments of one block, write them, their nodes and the block's flood."""
+    fragments, nodes, flood = extract_block(ctx, block)
+    if ctx.grid.num_blocks > 1:
+        save_basins(ctx.layout, block.index, block.read_roi, flood)
     ctx.fragments.write(block.write_roi, fragments)
     ctx.store.write_nodes(ctx.fragment_ids.id_range(block.index), nodes)
     logger.debug("block %s: %d fragments", block.write_roi, len(nodes))
@@ -106,8 +113,9 @@ def setup(ctx: RunContext) -> Iterator[BlockFunction]:
 
 
 def clear_outputs(ctx: RunContext) -> None:
-    """Remove the fragments and their nodes."""
+    """Remove the fragments, their nodes and the blocks' floods."""
     remove_dataset(ctx.output_path, FRAGMENTS_DATASET)
+    shutil.rmtree(ctx.layout.basin_path(0).parent, ignore_errors=True)
     ctx.store.clear("nodes")
 
 
