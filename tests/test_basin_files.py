@@ -75,7 +75,7 @@ def test_cut_pairs_from_the_saved_flood_equal_those_of_a_second_flood(
     tiling = agglomerate.tiling(ctx)
     grid = tiling.grid
     assert grid is not None
-    found = 0
+    found = owned_found = 0
     for index in range(grid.num_blocks):
         write = grid.write_roi(index)
         block = tiling.block("agglomerate", write.grow(tiling.context_nm, tiling.context_nm), write)
@@ -90,5 +90,11 @@ def test_cut_pairs_from_the_saved_flood_equal_those_of_a_second_flood(
         expected = cut_pairs(fragments, again, ctx.fragment_ids.block_of_id)
         assert np.array_equal(saved[0], expected[0]) and np.array_equal(saved[1], expected[1])
         found += len(saved[0])
+        # and the cheaper search of the pairs the block owns (u in the block) finds exactly those
+        owned = agglomerate.owned_cut_basins(ctx, block, fragments)
+        mine = ctx.fragment_ids.block_of_id(expected[0]) == index
+        assert np.array_equal(owned[0], expected[0][mine])
+        assert np.array_equal(owned[1], expected[1][mine])
+        owned_found += len(owned[0])
     ctx.close()
-    assert found > 0  # the gala crop has basins cut by block faces
+    assert found > 0 and owned_found > 0  # the gala crop has basins cut by block faces

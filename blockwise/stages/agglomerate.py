@@ -34,7 +34,7 @@ from blockwise.kernels.relabel import unique_nonzero
 from blockwise.run_context import RunContext
 from blockwise.scoring import scoring_from_config
 from blockwise.stage import BlockFunction, Stage, StageBlock, Tiling
-from blockwise.stitching import CUT_MERGE_SCORE, cut_pairs, is_pair
+from blockwise.stitching import CUT_MERGE_SCORE, cut_pairs, is_pair, owned_cut_pairs
 from blockwise.store import EdgeTable
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,20 @@ logger = logging.getLogger(__name__)
 NAME = "agglomerate"
 #: merge threshold that no edge's score is below (scores are 1 - affinity >= 0)
 NO_SCORED_MERGES = 0.0
+
+
+def _saved_flood(
+    ctx: RunContext, block: StageBlock, fragments: np.ndarray
+) -> tuple[Roi, np.ndarray, np.ndarray]:
+    """The flood extract_fragments saved for ``block``: its ROI, labels, and the fragments there."""
+    flood_roi, flood = load_basins(ctx.layout, block.index, block.write_roi)
+    if not block.read_roi.contains(flood_roi):
+        raise BasinFileError(
+            f"{ctx.layout.basin_path(block.index)}: the flood covers {flood_roi}, beyond "
+            f"agglomerate block {block.index}'s read ROI {block.read_roi}"
+        )
+    inside = roi_slices(flood_roi, block.read_roi, ctx.voxel_size)
+    return flood_roi, flood, np.ascontiguousarray(fragments[inside])
 
 
 def cut_basins(
@@ -61,17 +75,19 @@ def cut_basins(
     if ctx.grid.num_blocks == 1:
         empty = np.zeros(0, dtype=np.uint64)
         return empty, empty
-    flood_roi, flood = load_basins(ctx.layout, block.index, block.write_roi)
-    if not block.read_roi.contains(flood_roi):
-        raise BasinFileError(
-            f"{ctx.layout.basin_path(block.index)}: the flood covers {flood_roi}, beyond "
-            f"agglomerate block {block.index}'s read ROI {block.read_roi}"
-        )
-    return cut_pairs(
-        np.ascontiguousarray(fragments[roi_slices(flood_roi, block.read_roi, ctx.voxel_size)]),
-        flood,
-        ctx.fragment_ids.block_of_id,
-    )
+    _, flood, region = _saved_flood(ctx, block, fragments)
+    return cut_pairs(region, flood, ctx.fragment_ids.block_of_id)
+
+
+def owned_cut_basins(
+    ctx: RunContext, block: StageBlock, fragments: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of :func:`cut_basins` whose u < v is a fragment of ``block`` (cheaper)."""
+    if ctx.grid.num_blocks == 1:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, empty
+    flood_roi, flood, region = _saved_flood(ctx, block, fragments)
+    return owned_cut_pairs(region, flood, roi_slices(block.write_roi, flood_roi, ctx.voxel_size))
 
 
 def contact_region(ctx: RunContext, block: StageBlock, offsets: Sequence[Sequence[int]]) -> Roi:
@@ -163,7 +179,7 @@ def measure_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
     u, v, s, n = stats.u[owned], stats.v[owned], stats.s[owned], stats.n[owned]
     forced = np.zeros(u.size, dtype=bool)
     if ctx.grid.num_blocks > 1:
-        forced = is_pair(u, v, cut_basins(ctx, block, fragments))
+        forced = is_pair(u, v, owned_cut_basins(ctx, block, fragments))
     save_leaf(ctx.layout, block.index, own_ids, levels)
     save_seams(
         ctx.layout,
