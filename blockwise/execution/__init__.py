@@ -30,9 +30,14 @@ if TYPE_CHECKING:
 WORKER_MODULE = "blockwise_workers.block_worker"
 
 
+def worker_arguments(config_path: Path | str, stage: str) -> list[str]:
+    """The worker program's arguments (a fork server passes them to its ``main``)."""
+    return [str(config_path), stage]
+
+
 def worker_command(config_path: Path | str, stage: str) -> list[str]:
     """The worker program's command line: the one place it is spelled out."""
-    return [sys.executable, "-m", WORKER_MODULE, str(config_path), stage]
+    return [sys.executable, "-m", WORKER_MODULE, *worker_arguments(config_path, stage)]
 
 
 class ExecutionProfile(Protocol):

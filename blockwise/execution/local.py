@@ -1,8 +1,10 @@
 """The local profile: worker processes on this machine, the same program a cluster node runs.
 
 daisy starts one small process per worker slot and calls :class:`LocalWorker`
-in it; that process starts the worker program and watches it until it exits,
-so that no worker outlives its run and none keeps the driver waiting:
+in it; that process starts the worker program (forked by the run's fork
+server, :mod:`blockwise.execution.forkserver`, for CPU stages) and watches it
+until it exits, so that no worker outlives its run and none keeps the driver
+waiting:
 
 - the worker program dies with it, and it dies with the driver (Linux
   ``PR_SET_PDEATHSIG``): a driver killed by any signal, even ``SIGKILL``,
@@ -35,9 +37,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from blockwise.execution import worker_command
+from blockwise.execution import WORKER_MODULE, forkserver, worker_arguments, worker_command
 
 if TYPE_CHECKING:
     # not at run time: daisy's per-slot process imports this module, and a short
@@ -110,6 +112,16 @@ def scheduler_gone(context: Any) -> bool:
         return False
 
 
+class _Process(Protocol):
+    """What a slot process needs of its worker program: a ``Popen`` or a forked worker."""
+
+    pid: int
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
 class _StopRequest:
     """Why a worker-watching process stops its worker program early (nothing yet: None, False)."""
 
@@ -176,9 +188,7 @@ class LocalWorker:
         if self.gpu_ids:
             worker_id = int(context["worker_id"]) if context is not None else 0
             env["CUDA_VISIBLE_DEVICES"] = self.gpu_ids[worker_id % len(self.gpu_ids)]
-        proc = subprocess.Popen(
-            command, env=env, preexec_fn=functools.partial(_worker_setup, os.getpid())
-        )
+        proc = self._start(command, env)
         try:
             returncode = self._watch(proc, stop, context)
         except BaseException:
@@ -202,7 +212,29 @@ class LocalWorker:
             # one line on stderr (no traceback): daisy quotes its tail in the run's log
             raise SystemExit(f"worker {' '.join(command)} exited with {returncode}")
 
-    def _watch(self, proc: subprocess.Popen[bytes], stop: _StopRequest, context: Any) -> int:
+    def _start(self, command: list[str], env: dict[str, str]) -> _Process:
+        """Start the worker program: forked by the run's fork server, or a new interpreter.
+
+        GPU workers are always new interpreters; so is every worker when the
+        server cannot be reached (said once per slot process, as a warning).
+        """
+        address = os.environ.get(forkserver.ADDRESS_VARIABLE)
+        if address and not self.gpu_ids:
+            try:
+                return forkserver.ForkedWorker(
+                    address,
+                    WORKER_MODULE,
+                    worker_arguments(self.config_path, self.stage),
+                    command,
+                    env,
+                )
+            except forkserver.ForkServerError as e:
+                logger.warning("%s; starting the worker as a new interpreter", e)
+        return subprocess.Popen(
+            command, env=env, preexec_fn=functools.partial(_worker_setup, os.getpid())
+        )
+
+    def _watch(self, proc: _Process, stop: _StopRequest, context: Any) -> int:
         """Wait for ``proc``; kill it when asked, when the scheduler ended, or when stuck.
 
         Stuck: stopped for ``stuck_after_s``.
@@ -264,6 +296,13 @@ class LocalProfile:
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
+        #: starts CPU workers without a new interpreter each (see :mod:`.forkserver`)
+        self.fork_server: forkserver.ForkServer | None = None
+        if forkserver.enabled():
+            try:
+                self.fork_server = forkserver.ForkServer()
+            except (forkserver.ForkServerError, OSError) as e:
+                logger.warning("no fork server (%s): every worker starts a new interpreter", e)
 
     def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
         """A worker-starting function; GPU stages spread their workers over the GPUs."""
@@ -272,4 +311,6 @@ class LocalProfile:
         return LocalWorker(str(self.config_path), task.name, gpus, timeout_s)
 
     def teardown(self, interrupted: bool = False) -> None:
-        """Nothing to stop: every worker dies with its daisy worker process or the driver."""
+        """Stop the fork server; every worker dies with its daisy worker process or the driver."""
+        if self.fork_server is not None:
+            self.fork_server.stop(wait_s=0.0 if interrupted else forkserver.STOP_WAIT_S)

@@ -377,8 +377,11 @@ def test_a_stage_abandoned_after_too_many_worker_restarts_is_named_with_its_reas
     )
     run_dir = tmp_path / "run"
     path = write_config(tmp_path, gala_config(gala, run_dir, max_worker_restarts=2))
+    # the crash comes with the interpreter's start: every worker must be a new interpreter
     env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(crash), os.environ.get("PYTHONPATH", "")])
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(crash), os.environ.get("PYTHONPATH", "")]),
+        BLOCKWISE_FORK_SERVER="0",
     )
     driver = start_driver(path, env)
     out, _ = driver.communicate(timeout=240)

@@ -1,0 +1,343 @@
+"""Warm worker processes: a fork server that starts local workers without Python's start-up.
+
+A local run starts the worker program once per worker and stage (and octree
+level): each start pays for an interpreter, numpy, zarr, pydantic's config
+schemas and the stage's own imports, 0.5-0.8 s, during which a stage that
+cannot overlap the one before waits. The local profile therefore starts one
+fork server per run (``python -m blockwise.execution.forkserver ADDRESS``),
+which imports once what workers import and then waits on a Unix socket.
+
+daisy's per-slot process (:class:`~blockwise.execution.local.LocalWorker`)
+asks it for a worker: it sends the worker program's arguments, its
+environment and working directory, and its standard input, output and error
+(``SCM_RIGHTS``); the server forks a child that takes all of them and runs
+the worker program's ``main``. The child shows the worker program's command
+line in ``ps`` (``setproctitle``), ignores SIGINT as a worker does, and ends
+(SIGKILL) when the slot process that asked for it ends; the server reports
+its pid at once and its exit status when it exits, on the same connection,
+so that the slot process watches it as it would watch its own child
+(:class:`ForkedWorker`). The server dies with the driver, and its children
+with it.
+
+GPU stages start their workers as new interpreters (CUDA must not be set up
+in a process that forks). ``BLOCKWISE_FORK_SERVER=0`` in the driver's
+environment turns the server off: every worker is then a new interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: set by the driver for its children: the address of the run's fork server
+ADDRESS_VARIABLE = "BLOCKWISE_FORK_SERVER_ADDRESS"
+#: ``0`` in the driver's environment: no fork server (every worker a new interpreter)
+SWITCH_VARIABLE = "BLOCKWISE_FORK_SERVER"
+#: the largest request (arguments and environment), bytes
+MAX_MESSAGE = 1 << 20
+#: seconds a run's end waits for workers that are still exiting before they are killed
+STOP_WAIT_S = 10.0
+
+
+def enabled() -> bool:
+    """Whether local runs start their workers through a fork server (Linux, not switched off)."""
+    return sys.platform.startswith("linux") and os.environ.get(SWITCH_VARIABLE, "1") != "0"
+
+
+class ForkServerError(OSError):
+    """The fork server could not be reached or did not answer as expected."""
+
+
+# -- the server ------------------------------------------------------------------
+
+
+def _preload() -> None:
+    """Import what worker programs import, stage modules included (never torch)."""
+    from blockwise.execution import WORKER_MODULE
+    from blockwise.stages import STAGE_MODULES
+
+    importlib.import_module("setproctitle")
+    importlib.import_module(WORKER_MODULE)
+    for module in STAGE_MODULES.values():
+        importlib.import_module(module)
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    """Send the exit status of every child that ended to the slot process that asked for it."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        connection = children.pop(pid, None)
+        if connection is None:
+            continue
+        # OSError: the slot process is gone; nobody waits for this child
+        with contextlib.suppress(OSError):
+            connection.send(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode())
+        connection.close()
+
+
+def serve(address: str) -> None:
+    """Listen on the abstract Unix socket ``address`` and fork a worker per request."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver ends the server
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind("\0" + address)
+    listener.listen(128)  # requests wait in the backlog while the imports run
+    # tell the driver that requests can come (standard output is its pipe), then drop it
+    os.write(1, b"listening\n")
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    _preload()
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    # SIGTERM: take no more requests, and exit once the children have ended
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    children: dict[int, socket.socket] = {}
+    while True:
+        watched: list[Any] = [wake_read] if stopping else [listener, wake_read]
+        ready, _, _ = select.select(watched, [], [])
+        if wake_read in ready:
+            os.read(wake_read, 4096)
+            _reap(children)
+        if stopping:
+            if not children:
+                return
+            continue
+        if listener not in ready:
+            continue
+        connection, _ = listener.accept()
+        try:
+            message, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, 3)
+            request = json.loads(message)
+        except (OSError, ValueError):
+            connection.close()
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            os.close(wake_read)
+            os.close(wake_write)
+            for other in children.values():  # the other children's connections
+                other.close()
+            _run_child(connection, fds, request)
+        for fd in fds:
+            os.close(fd)
+        children[pid] = connection
+        try:
+            connection.send(json.dumps({"pid": pid}).encode())
+        except OSError:
+            os.kill(pid, signal.SIGKILL)  # the slot process is gone already
+        _reap(children)
+
+
+def _end_with_peer(connection: socket.socket) -> None:
+    """In a child: wait until the slot process that asked for it closes its end, then die."""
+    try:
+        while connection.recv(1):
+            pass
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run_child(connection: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+    """In a forked child: become the worker program the request names; never returns."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        # a Ctrl-C reaches the whole process group; the slot process ends its worker
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        # before the environment changes: the title takes over the space of the server's
+        from setproctitle import setproctitle
+
+        setproctitle(" ".join(request["title"]))
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        from blockwise.execution.local import die_with_parent
+
+        die_with_parent(int(request["server"]))
+        threading.Thread(target=_end_with_peer, args=(connection,), daemon=True).start()
+        worker = importlib.import_module(request["module"])
+        sys.argv = [request["module"], *request["arguments"]]
+        code = int(worker.main(request["arguments"]))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+# -- the driver's side ------------------------------------------------------------------
+
+
+class ForkServer:
+    """The run's fork server, started by the driver (see the module docstring).
+
+    Its address is put into the driver's environment, which daisy's per-slot
+    processes inherit; :meth:`stop` ends it and removes the address.
+    """
+
+    def __init__(self) -> None:
+        self.address = f"blockwise-{os.getpid()}-{os.urandom(6).hex()}"
+        from blockwise.execution.local import die_with_parent
+
+        driver = os.getpid()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, self.address],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            preexec_fn=lambda: die_with_parent(driver),
+        )
+        # the socket is bound before the imports: a worker asked for later waits in its backlog
+        started = False
+        if self.process.stdout is not None:
+            with self.process.stdout as ready:
+                started = ready.readline() == b"listening\n"
+        if not started:
+            self.process.kill()
+            self.process.wait()
+            raise ForkServerError(f"the fork server exited with {self.process.returncode}")
+        os.environ[ADDRESS_VARIABLE] = f"{self.address}:{self.process.pid}"
+
+    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
+        """End the server; safe to call more than once.
+
+        Args:
+            wait_s: seconds its running children (workers finishing their
+                logs) may take before the server is killed, and they with it;
+                0 kills it at once.
+        """
+        if os.environ.get(ADDRESS_VARIABLE, "").startswith(self.address + ":"):
+            del os.environ[ADDRESS_VARIABLE]
+        if self.process.poll() is None and wait_s > 0:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                logger.warning(
+                    "fork server %d: workers still ran after %.0f s", self.process.pid, wait_s
+                )
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+# -- the slot process's side ----------------------------------------------------------
+
+
+class ForkedWorker:
+    """A worker program the fork server started: what a slot process needs of a ``Popen``.
+
+    Args:
+        address: ``ADDRESS:SERVER_PID`` as the driver published it.
+        module: the worker program's module.
+        arguments: its command-line arguments.
+        title: the command line it shows in ``ps``.
+        env: its environment.
+
+    Raises:
+        ForkServerError: if the server cannot be reached or does not answer.
+    """
+
+    def __init__(
+        self, address: str, module: str, arguments: list[str], title: list[str], env: dict[str, str]
+    ) -> None:
+        name, _, server = address.rpartition(":")
+        request = {
+            "module": module,
+            "arguments": arguments,
+            "title": title,
+            "env": env,
+            "cwd": os.getcwd(),
+            "server": int(server),
+        }
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._socket.connect("\0" + name)
+            socket.send_fds(self._socket, [json.dumps(request).encode()], [0, 1, 2])
+            reply = self._socket.recv(MAX_MESSAGE)
+            self.pid = int(json.loads(reply)["pid"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self._socket.close()
+            raise ForkServerError(f"the fork server {name} did not start a worker: {e}") from e
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit status if the worker ended, else None."""
+        if self.returncode is None:
+            ready, _, _ = select.select([self._socket], [], [], 0)
+            if ready:
+                self._read_status()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the worker to end; its exit status (negative: the signal that ended it).
+
+        Raises:
+            subprocess.TimeoutExpired: if it still runs after ``timeout`` seconds.
+        """
+        if self.returncode is None:
+            ready, _, _ = select.select([self._socket], [], [], timeout)
+            if not ready:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+            return self._read_status()
+        return self.returncode
+
+    def _read_status(self) -> int:
+        code = -int(signal.SIGKILL)  # no status: the server ended first, and its children with it
+        try:
+            message = self._socket.recv(MAX_MESSAGE)
+            if message:
+                code = int(json.loads(message)["exit"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        self._socket.close()
+        self.returncode = code
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the worker (nothing if it has ended)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])

@@ -1,0 +1,152 @@
+"""The fork server that starts local workers: what a forked worker gets, and how it ends.
+
+A real server process (``python -m blockwise.execution.forkserver``) forks a
+small worker module written by the test; the module records what it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blockwise.execution import forkserver
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the fork server is Linux-only"
+)
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+
+    def main(argv):
+        out, code, sleep = argv[0], int(argv[1]), float(argv[2])
+        with open(out, "w") as f:
+            json.dump({
+                "argv": argv,
+                "variable": os.environ.get("FORKED_TEST_VARIABLE"),
+                "cwd": os.getcwd(),
+                "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                "cmdline": open("/proc/self/cmdline", "rb").read().decode().replace("\\0", " "),
+                "pid": os.getpid(),
+            }, f)
+        print("worker stdout line", flush=True)
+        time.sleep(sleep)
+        return code
+    """
+)
+
+
+def wait_for(condition, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[forkserver.ForkServer]:
+    """A fork server that can import the test's worker module ``forked_test_worker``."""
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "forked_test_worker.py").write_text(WORKER)
+    path = os.pathsep.join([str(tmp_path / "modules"), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    server = forkserver.ForkServer()
+    yield server
+    server.stop(wait_s=0.0)
+
+
+def test_a_forked_worker_gets_its_arguments_environment_title_and_exit_status(
+    server: forkserver.ForkServer, tmp_path: Path
+) -> None:
+    address = os.environ[forkserver.ADDRESS_VARIABLE]
+    out = tmp_path / "record.json"
+    env = {**os.environ, "FORKED_TEST_VARIABLE": "given"}
+    title = ["python", "-m", "forked_test_worker", str(out)]
+    worker = forkserver.ForkedWorker(
+        address, "forked_test_worker", [str(out), "3", "0"], title, env
+    )
+    assert worker.wait(timeout=60) == 3
+    record = json.loads(out.read_text())
+    assert record["argv"] == [str(out), "3", "0"]
+    assert record["variable"] == "given"
+    assert record["cwd"] == os.getcwd()
+    assert record["sigint_ignored"]
+    assert record["cmdline"].strip() == " ".join(title)
+    assert record["pid"] == worker.pid
+
+
+def test_a_killed_worker_reports_the_signal_and_waiting_times_out_before(
+    server: forkserver.ForkServer, tmp_path: Path
+) -> None:
+    address = os.environ[forkserver.ADDRESS_VARIABLE]
+    out = tmp_path / "record.json"
+    worker = forkserver.ForkedWorker(
+        address, "forked_test_worker", [str(out), "0", "60"], ["w"], dict(os.environ)
+    )
+    assert wait_for(out.is_file, 60)
+    with pytest.raises(subprocess.TimeoutExpired):
+        worker.wait(timeout=0.2)
+    worker.kill()
+    assert worker.wait(timeout=20) == -signal.SIGKILL
+    assert not alive(worker.pid)
+
+
+def test_a_worker_ends_with_the_process_that_asked_for_it(
+    server: forkserver.ForkServer, tmp_path: Path
+) -> None:
+    """As a worker program dies with its slot process (a driver killed by SIGKILL)."""
+    out = tmp_path / "record.json"
+    asker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time\n"
+            "from blockwise.execution.forkserver import ForkedWorker, ADDRESS_VARIABLE\n"
+            "w = ForkedWorker(os.environ[ADDRESS_VARIABLE], 'forked_test_worker',\n"
+            f"             [{str(out)!r}, '0', '60'], ['w'], dict(os.environ))\n"
+            "time.sleep(60)\n",
+        ]
+    )
+    assert wait_for(out.is_file, 60)
+    pid = json.loads(out.read_text())["pid"]
+    assert alive(pid)
+    asker.kill()
+    asker.wait()
+    assert wait_for(lambda: not alive(pid), 10), "the worker outlived the process that asked"
+
+
+def test_stopping_the_server_waits_for_running_workers_then_removes_the_address(
+    server: forkserver.ForkServer, tmp_path: Path
+) -> None:
+    address = os.environ[forkserver.ADDRESS_VARIABLE]
+    out = tmp_path / "record.json"
+    worker = forkserver.ForkedWorker(
+        address, "forked_test_worker", [str(out), "0", "1"], ["w"], dict(os.environ)
+    )
+    start = time.monotonic()
+    server.stop()
+    assert time.monotonic() - start >= 0.5  # the worker's last second was waited for
+    assert worker.wait(timeout=5) == 0
+    assert forkserver.ADDRESS_VARIABLE not in os.environ
+    with pytest.raises(forkserver.ForkServerError, match="did not start a worker"):
+        forkserver.ForkedWorker(address, "forked_test_worker", ["x"], ["w"], dict(os.environ))
