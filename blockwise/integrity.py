@@ -59,6 +59,7 @@ from funlib.geometry import Coordinate, Roi
 
 from blockwise.atomic import write_atomic
 from blockwise.errors import ConfigError, DiskFullError, InputError, StoreError, as_disk_full
+from blockwise.hierarchy_files import octree_of
 from blockwise.layout import AFFINITIES_DATASET, FRAGMENTS_DATASET, MULTISCALE_GROUP, RunLayout
 from blockwise.run_context import RunContext
 from blockwise.stage import Stage, Tiling
@@ -318,8 +319,6 @@ def _agglomerate_block_files(ctx: RunContext, block: int) -> list[Path]:
     """The files an agglomerate block of the hierarchical method may write (leaf always)."""
     if ctx.config.segments.method != "hierarchical":
         return []
-    from blockwise.hierarchy_files import octree_of
-
     layout = ctx.layout
     seams = [layout.seam_path(level, block) for level in range(octree_of(ctx).n_levels)]
     return [layout.leaf_path(block), *seams]
@@ -784,8 +783,6 @@ def _level_task_files(ctx: RunContext, stage: Stage) -> list[Path] | None:
         )
         if done is None or not done.any():
             continue
-        from blockwise.hierarchy_files import octree_of
-
         # a done marker sits at the task's grid position; its file is named by octree node
         positions = np.stack(np.nonzero(done), axis=1).astype(np.int64)
         nodes = octree_of(ctx).node_id(level, positions)
