@@ -49,6 +49,8 @@ SWITCH_VARIABLE = "BLOCKWISE_FORK_SERVER"
 MAX_MESSAGE = 1 << 20
 #: seconds a run's end waits for workers that are still exiting before they are killed
 STOP_WAIT_S = 10.0
+#: seconds a slot process waits for the server to fork its worker
+REQUEST_TIMEOUT_S = 60.0
 
 
 def enabled() -> bool:
@@ -289,11 +291,15 @@ class ForkedWorker:
             "server": int(server),
         }
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # a server that cannot answer (stopped, or still importing on a swamped
+        # machine) must not hold the slot: the worker then starts as a new interpreter
+        self._socket.settimeout(REQUEST_TIMEOUT_S)
         try:
             self._socket.connect("\0" + name)
             socket.send_fds(self._socket, [json.dumps(request).encode()], [0, 1, 2])
             reply = self._socket.recv(MAX_MESSAGE)
             self.pid = int(json.loads(reply)["pid"])
+            self._socket.settimeout(None)
         except (OSError, ValueError, KeyError, TypeError) as e:
             self._socket.close()
             raise ForkServerError(f"the fork server {name} did not start a worker: {e}") from e

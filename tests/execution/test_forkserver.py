@@ -150,3 +150,19 @@ def test_stopping_the_server_waits_for_running_workers_then_removes_the_address(
     assert forkserver.ADDRESS_VARIABLE not in os.environ
     with pytest.raises(forkserver.ForkServerError, match="did not start a worker"):
         forkserver.ForkedWorker(address, "forked_test_worker", ["x"], ["w"], dict(os.environ))
+
+
+def test_a_server_that_cannot_answer_is_given_up_after_the_request_timeout(
+    server: forkserver.ForkServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped server must not hold a worker slot (the slot then starts an interpreter)."""
+    monkeypatch.setattr(forkserver, "REQUEST_TIMEOUT_S", 1.0)
+    address = os.environ[forkserver.ADDRESS_VARIABLE]
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(forkserver.ForkServerError, match="did not start a worker"):
+            forkserver.ForkedWorker(address, "forked_test_worker", ["x"], ["w"], dict(os.environ))
+        assert time.monotonic() - start < 10
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
