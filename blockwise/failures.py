@@ -194,51 +194,98 @@ def _write_slot(run_dir: Path, record: BlockFailure) -> bool:
 
 
 #: per slots file: (its stat key, when it was read, the records it held)
-_SLOTS_READ: dict[Path, tuple[tuple[int, int, int], float, list[BlockFailure]]] = {}
+_SLOTS_READ: dict[str, tuple[tuple[int, int, int], float, tuple[BlockFailure, ...]]] = {}
 #: a cached read counts only when it came this long after the file's last change
 #: (file systems stamp modification times with a coarse clock)
 _SLOTS_SETTLED_S = 0.5
 
 
-def _read_slots(run_dir: Path) -> list[BlockFailure]:
-    """The records in the reserved slots.
+def _read_slots(path: str) -> tuple[BlockFailure, ...]:
+    """The records in the reserved slots file ``path``.
 
     Every block asks (is there a record for me?): the file is read again only
     when its size, inode or modification time changed since the last read, or
-    that read came too soon after a change to trust the time stamp.
+    that read came too soon after a change to trust the time stamp. One
+    ``stat`` when nothing changed.
     """
-    path = _slots_path(run_dir)
     try:
-        st = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
-        return []
+        return ()
     key = (st.st_ino, st.st_size, st.st_mtime_ns)
     cached = _SLOTS_READ.get(path)
     if cached is not None and cached[0] == key and cached[1] - st.st_mtime > _SLOTS_SETTLED_S:
-        return list(cached[2])
+        return cached[2]
     now = time.time()
-    data = path.read_bytes()
-    found = (_decode_slot(data[i : i + SLOT_BYTES]) for i in range(0, len(data), SLOT_BYTES))
-    records = [f for f in found if f is not None]
+    with open(path, "rb") as f:
+        data = f.read()
+    # an empty slot is all zero bytes: its first byte tells (a record starts with "{")
+    found = (
+        _decode_slot(data[i : i + SLOT_BYTES]) for i in range(0, len(data), SLOT_BYTES) if data[i]
+    )
+    records = tuple(f for f in found if f is not None)
     _SLOTS_READ[path] = (key, now, records)
-    return list(records)
+    return records
+
+
+class StageFailures:
+    """The failure records of one stage (one daisy task), looked up block by block.
+
+    A worker asks before every block whether an earlier attempt of it failed
+    (:meth:`get`), so the answer for a block without a record is kept cheap:
+    one ``access`` of the block's record file and one ``stat`` of the reserved
+    slots file, on paths built once. Nothing is cached between two lookups but
+    the slots file's content (re-read when it changed), so a record that
+    another worker wrote before daisy handed the block out again is always
+    seen.
+
+    Args:
+        run_dir: the run directory.
+        stage: the stage's (daisy task's) name.
+    """
+
+    def __init__(self, run_dir: Path, stage: str) -> None:
+        self.run_dir = run_dir
+        self.stage = stage
+        # "RUN_DIR/failures/STAGE/block_": a block's record is this, its index and ".json"
+        self._prefix = os.path.join(os.fspath(run_dir), FAILURES_DIR, stage, "block_")
+        self._slots = os.fspath(_slots_path(run_dir))
+
+    def get(self, block_index: int) -> BlockFailure | None:
+        """The failure record of one block, if there is one (a file, or a reserved slot)."""
+        path = f"{self._prefix}{block_index}.json"
+        # access() answers "no record" without raising: the common case stays cheap
+        if os.access(path, os.F_OK):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except FileNotFoundError:  # removed since (a retry succeeded meanwhile)
+                pass
+            else:
+                return BlockFailure(**json.loads(text))
+        for held in _read_slots(self._slots):
+            if held.block_index == block_index and held.stage == self.stage:
+                return held
+        return None
+
+    def clear(self, block_index: int) -> None:
+        """Remove the failure record of a block that has now succeeded."""
+        clear_failure(self.run_dir, self.stage, block_index)
 
 
 def read_failure(run_dir: Path, stage: str, block_index: int) -> BlockFailure | None:
-    """The failure record of one block, if there is one (a file, or a reserved slot)."""
-    path = _path(run_dir, stage, block_index)
-    if not path.is_file():
-        for held in _read_slots(run_dir):
-            if (held.stage, held.block_index) == (stage, block_index):
-                return held
-        return None
-    return BlockFailure(**json.loads(path.read_text()))
+    """The failure record of one block, if there is one (a file, or a reserved slot).
+
+    A worker asking for every block of a stage uses :class:`StageFailures`.
+    """
+    return StageFailures(run_dir, stage).get(block_index)
 
 
 def clear_failure(run_dir: Path, stage: str, block_index: int) -> None:
     """Remove the failure record of a block that has now succeeded."""
     _path(run_dir, stage, block_index).unlink(missing_ok=True)
-    if any((f.stage, f.block_index) == (stage, block_index) for f in _read_slots(run_dir)):
+    held = _read_slots(os.fspath(_slots_path(run_dir)))
+    if any((f.stage, f.block_index) == (stage, block_index) for f in held):
         _update_slots(run_dir, stage, block_index, None)
 
 
@@ -262,5 +309,6 @@ def read_failures(run_dir: Path) -> list[BlockFailure]:
         BlockFailure(**json.loads(path.read_text())) for path in sorted(root.glob("*/*.json"))
     ]
     filed = {(f.stage, f.block_index) for f in failures}
-    failures += [f for f in _read_slots(run_dir) if (f.stage, f.block_index) not in filed]
+    held = _read_slots(os.fspath(_slots_path(run_dir)))
+    failures += [f for f in held if (f.stage, f.block_index) not in filed]
     return sorted(failures, key=lambda f: (f.stage, f.block_index))

@@ -10,6 +10,7 @@ once and yields the function that processes one :class:`StageBlock`.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -96,12 +97,11 @@ class Tiling:
         write = _clip(write_roi, data_begin, data_end)
         index = 0
         if grid is not None:
-            position = []
-            for b, d, s in zip(write.begin, data_begin, step, strict=True):
-                if (b - d) % s:
+            for b, d, s, g in zip(write.begin, data_begin, step, grid, strict=True):
+                position, misaligned = divmod(b - d, s)
+                if misaligned:
                     raise ValueError(f"write ROI {write_roi} is not aligned to the block grid")
-                position.append((b - d) // s)
-            index = (position[0] * grid[1] + position[1]) * grid[2] + position[2]
+                index = index * g + position
         return StageBlock(stage, index, _clip(read_roi, read_begin, read_end), write, level)
 
     @cached_property
@@ -147,13 +147,15 @@ class Tiling:
 
 def _clip(roi: Roi, begin: tuple[int, ...], end: tuple[int, ...]) -> Roi:
     """``roi`` cut to the box ``[begin, end)`` (``roi`` itself when it lies inside)."""
-    lo = tuple(max(int(r), b) for r, b in zip(roi.begin, begin, strict=True))
-    hi = tuple(min(int(r) + int(s), e) for r, s, e in zip(roi.begin, roi.shape, end, strict=True))
-    if lo == tuple(roi.begin) and all(
-        h == int(r) + int(s) for h, r, s in zip(hi, roi.begin, roi.shape, strict=True)
-    ):
+    roi_begin = roi.begin
+    if len(roi_begin) != len(begin):
+        raise ValueError(f"ROI {roi} has {len(roi_begin)} dimensions, the bounds {len(begin)}")
+    roi_end = tuple(map(operator.add, roi_begin, roi.shape))
+    lo = tuple(map(max, roi_begin, begin))
+    hi = tuple(map(min, roi_end, end))
+    if lo == roi_begin and hi == roi_end:
         return roi
-    return Roi(lo, tuple(max(h - lo_, 0) for lo_, h in zip(lo, hi, strict=True)))
+    return Roi(lo, tuple(max(h - b, 0) for b, h in zip(lo, hi, strict=True)))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from blockwise.errors import (
     as_disk_full,
 )
 from blockwise.run_context import RunContext
-from blockwise.stage import BlockFunction, Stage, StageTask, Tiling
+from blockwise.stage import BlockFunction, Stage, StageBlock, StageTask, Tiling
 from blockwise.summary import BlockTimeLog
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ class StageWorker:
         #: the daisy task id: the stage's name, with its level for a stage run by levels
         self.name = self.task.name
         self._times = BlockTimeLog(ctx.run_dir, self.name)
+        self._failures = failures.StageFailures(ctx.run_dir, self.name)
+        self._stage_name = stage.name
+        self._level = level or 0
         self._tiling: Tiling | None = None
         self._function: BlockFunction | None = None
         self._exit = ExitStack()
@@ -70,60 +73,75 @@ class StageWorker:
     def process(self, read_roi: Roi, write_roi: Roi) -> None:
         """Process the block daisy handed out; on failure, record it and re-raise.
 
+        What a block costs beyond the stage's own work is kept to a few
+        microseconds (no-op blocks are scheduled thousands a second): its
+        index, one lookup of an earlier failure
+        (:class:`~blockwise.failures.StageFailures`) and its times, noted in
+        memory (:class:`~blockwise.summary.BlockTimeLog`).
+
         Raises:
+            BlockFailedError: if an earlier attempt of the block failed for a
+                reason a retry repeats (a deterministic error).
             Exception: whatever the stage raised, after it was recorded.
         """
         if self.first_start is None:
             self.first_start = time.monotonic()
         try:
-            self._process(read_roi, write_roi)
+            block = self.tiling.block(self._stage_name, read_roi, write_roi, self._level)
+            earlier = self._failures.get(block.index)
+            if earlier is not None and earlier.is_deterministic:
+                # this run already saw the block fail for a reason a retry repeats
+                raise BlockFailedError(
+                    f"{self.name} block {block.index} not retried: {earlier.error}"
+                )
+            started = time.time()
+            try:
+                if self._function is None:
+                    self._function = self._exit.enter_context(self.stage.setup(self.ctx))
+                self._function(block)
+            except Exception as e:
+                error = self._record_failure(block, e)
+                if error is e:
+                    raise
+                raise error from e
+            self._times.record(block.index, started, time.time())
+            if earlier is not None:  # an earlier attempt failed for a passing reason
+                self._failures.clear(block.index)
         finally:
             self.last_end = time.monotonic()
 
-    def _process(self, read_roi: Roi, write_roi: Roi) -> None:
-        block = self.tiling.block(self.stage.name, read_roi, write_roi, self.task.level or 0)
-        earlier = failures.read_failure(self.ctx.run_dir, self.name, block.index)
-        if earlier is not None and earlier.is_deterministic:
-            # this run already saw the block fail for a reason a retry repeats
-            raise BlockFailedError(f"{self.name} block {block.index} not retried: {earlier.error}")
-        started = time.time()
+    def _record_failure(self, block: StageBlock, error: Exception) -> Exception:
+        """Record why ``block`` failed (ROIs, error, traceback); returns the error to raise.
+
+        That is ``error``, or the :class:`~blockwise.errors.DiskFullError` it means.
+        """
+        full = as_disk_full(error, self.ctx.run_dir)
         try:
-            if self._function is None:
-                self._function = self._exit.enter_context(self.stage.setup(self.ctx))
-            self._function(block)
-        except Exception as e:
-            full = as_disk_full(e, self.ctx.run_dir)
-            try:
-                failures.record_failure(
-                    self.ctx.run_dir,
-                    self.name,
-                    block.index,
-                    block.read_roi,
-                    block.write_roi,
-                    e if full is None else full,
-                    traceback.format_exc(),
-                    # a full disk stays full for the rest of this run; the next
-                    # run clears every record (failures.clear_all) and retries
-                    is_deterministic=full is not None or isinstance(e, DETERMINISTIC_ERRORS),
-                )
-            except DiskFullError as unrecorded:
-                # the record needs space too; daisy still counts the block failed
-                logger.error(
-                    "%s block %d: failure not recorded: %s", self.name, block.index, unrecorded
-                )
-            logger.error(
-                "%s block %d (write ROI %s) failed: %s",
+            failures.record_failure(
+                self.ctx.run_dir,
                 self.name,
                 block.index,
+                block.read_roi,
                 block.write_roi,
-                e if full is None else full,
+                error if full is None else full,
+                traceback.format_exc(),
+                # a full disk stays full for the rest of this run; the next
+                # run clears every record (failures.clear_all) and retries
+                is_deterministic=full is not None or isinstance(error, DETERMINISTIC_ERRORS),
             )
-            if full is None or full is e:
-                raise
-            raise full from e
-        self._times.record(block.index, started, time.time())
-        if earlier is not None:  # an earlier attempt failed for a passing reason
-            failures.clear_failure(self.ctx.run_dir, self.name, block.index)
+        except DiskFullError as unrecorded:
+            # the record needs space too; daisy still counts the block failed
+            logger.error(
+                "%s block %d: failure not recorded: %s", self.name, block.index, unrecorded
+            )
+        logger.error(
+            "%s block %d (write ROI %s) failed: %s",
+            self.name,
+            block.index,
+            block.write_roi,
+            error if full is None else full,
+        )
+        return error if full is None else full
 
     def close(self) -> None:
         """Leave the stage's setup (close models, tables, stores it opened)."""

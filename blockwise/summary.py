@@ -42,6 +42,7 @@ own clocks, so their bars are as exact as the nodes' clock synchronisation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -75,8 +76,11 @@ def worker_name() -> str:
 class BlockTimeLog:
     """Appends when each block of one stage ran in this process (one JSON line per block).
 
-    Lines are flushed at most every :attr:`FLUSH_S` seconds and when the log
-    is closed (a worker ends, a stage's setup is left).
+    :meth:`record` only notes the times; the lines are written and flushed
+    together at most every :attr:`FLUSH_S` seconds and when the log is closed
+    (a worker ends, a stage's setup is left), so a block costs no system call.
+    A worker killed with ``SIGKILL`` loses the times recorded since the last
+    write, never a block's output.
 
     Args:
         run_dir: the run directory.
@@ -84,45 +88,68 @@ class BlockTimeLog:
         worker: the worker's name; default :func:`worker_name`.
     """
 
-    #: seconds between two flushes of the log file
+    #: seconds between two writes (and flushes) of the log file
     FLUSH_S = 0.5
 
     def __init__(self, run_dir: Path, stage: str, worker: str | None = None) -> None:
         self.worker = worker or worker_name()
         self.path = run_dir / TIMINGS_DIR / stage / f"{self.worker.replace(':', '-')}.jsonl"
         self.stage = stage
-        # opened at the first block and kept open: one write per block, no open/close
+        # opened at the first write and kept open: one write per flush, no open/close
         self._file: TextIO | None = None
         self._flushed = 0.0
+        #: block, start, end, block, start, end, ... of the blocks recorded since the
+        #: last write (flat: numbers are not tracked by the garbage collector, tuples are)
+        self._pending: list[float] = []
+        #: a write failed: the file may end inside a line
+        self._torn = False
         # the line's constant parts, JSON-encoded once
-        self._stage_json = json.dumps(stage)
-        self._worker_json = json.dumps(self.worker)
+        self._head = f'{{"stage": {json.dumps(stage)}, "block": '
+        self._middle = f', "worker": {json.dumps(self.worker)}, "start": '
 
     def record(self, block: int, start: float, end: float) -> None:
         """Record that ``block`` ran from ``start`` to ``end`` (seconds since the epoch).
 
         A failure to write is logged, never raised: timings must not fail a block.
         """
-        line = (
-            f'{{"stage": {self._stage_json}, "block": {int(block)}, '
-            f'"worker": {self._worker_json}, "start": {start!r}, "end": {end!r}}}'
+        self._pending += (block, start, end)
+        if time.monotonic() - self._flushed >= self.FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the recorded lines and flush the file (a failure is logged, not raised)."""
+        self._flushed = time.monotonic()
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        head, middle = self._head, self._middle
+        text = "".join(
+            f'{head}{int(block)}{middle}{start!r}, "end": {end!r}}}\n'
+            for block, start, end in zip(pending[::3], pending[1::3], pending[2::3], strict=True)
         )
+        if self._torn:  # end the torn line, so that it alone is skipped when read
+            text = "\n" + text
         try:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("a", encoding="utf-8")
-            # flushed at most every FLUSH_S (and on close): a worker killed with
-            # SIGKILL loses the times of its last blocks, never a block's output
-            self._file.write(line + "\n")
-            now = time.monotonic()
-            if now - self._flushed >= self.FLUSH_S:
-                self._file.flush()
-                self._flushed = now
+            self._file.write(text)
+            self._file.flush()
+            self._torn = False
         except OSError as e:
-            logger.warning("cannot record the time of %s block %d: %s", self.stage, block, e)
+            logger.warning(
+                "cannot record the times of %d %s block(s): %s", len(pending) // 3, self.stage, e
+            )
+            # drop what the file object still buffers; the next write reopens the file
+            self._torn = True
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
 
     def close(self) -> None:
-        """Close the log file (a later :meth:`record` opens it again)."""
+        """Write what is pending and close the log file (a later :meth:`record` opens it again)."""
+        self.flush()
         if self._file is not None:
             try:
                 self._file.close()

@@ -156,3 +156,58 @@ def test_block_time_log_reads_back_and_skips_torn_lines(tmp_path: Path) -> None:
     }
     assert len(read_block_times(tmp_path)) == 3
     assert read_block_times(tmp_path / "nothing") == []
+
+
+def test_block_time_log_writes_its_lines_together_and_on_close(tmp_path: Path) -> None:
+    log = BlockTimeLog(tmp_path, "relabel", worker="node7:123")
+    log.FLUSH_S = 3600.0  # no second write within this test: only the first and the close
+    log.record(3, 10.25, 11.0)  # the first record is written at once
+    assert len(log.path.read_text().splitlines()) == 1
+    times = [(i, 1e9 + i / 3, 1e9 + i / 3 + 0.125) for i in range(4, 40)]
+    for block, start, end in times:
+        log.record(block, start, end)
+    assert len(log.path.read_text().splitlines()) == 1  # noted, not yet written
+    log.close()
+    records = read_block_times(tmp_path)
+    assert [(r["block"], r["start"], r["end"]) for r in records] == [(3, 10.25, 11.0), *times]
+    assert {r["worker"] for r in records} == {"node7:123"}
+    log.record(40, 2e9, 2e9 + 1)  # a record after close opens the file again
+    log.close()
+    assert [r["block"] for r in read_block_times(tmp_path)][-1] == 40
+
+
+def test_block_time_log_logs_a_failed_write_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = BlockTimeLog(tmp_path, "relabel", worker="w:1")
+    (tmp_path / "timings").write_text("in the way")  # the log's folder cannot be made
+    log.record(1, 100.0, 101.0)  # logged, not raised: a timing never fails a block
+    assert "cannot record the times of 1 relabel block(s)" in caplog.text
+    (tmp_path / "timings").unlink()
+    log.record(2, 102.0, 103.0)
+    log.flush()
+
+    class Torn:
+        """A file on a disk that fills up within a write: half a line lands."""
+
+        def __init__(self, file: Any) -> None:
+            self.file = file
+
+        def write(self, text: str) -> int:
+            self.file.write(text[: len(text) // 2])
+            self.file.flush()
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            self.file.flush()
+
+        def close(self) -> None:
+            self.file.close()
+
+    log._file = Torn(log._file)
+    log.record(3, 104.0, 105.0)
+    log.flush()
+    assert "cannot record the times of 1 relabel block(s)" in caplog.messages[-1]
+    log.record(4, 106.0, 107.0)  # space again: a new line, after the torn one
+    log.close()
+    assert [r["block"] for r in read_block_times(tmp_path)] == [2, 4]

@@ -27,6 +27,7 @@ environment turns the server off: every worker is then a new interpreter.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -106,6 +107,9 @@ def serve(address: str) -> None:
     os.dup2(null, 1)
     os.close(null)
     _preload()
+    # the imported modules' objects stay out of every collection: a forked worker's
+    # collector then does not touch (and copy) the pages it shares with the server
+    gc.freeze()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)

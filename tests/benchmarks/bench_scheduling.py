@@ -24,6 +24,15 @@ time and peak memory are its own):
    workers, and the end of the run); blockwise / daisy per block. Target:
    per-block ratio <= 1.2. Block times come from blockwise's own per-block
    log (``summary.json``) and, for daisy, from the no-op function itself.
+   The span includes the time until the last worker to start has begun its
+   first block (a blockwise worker imports more than daisy's, so this skew
+   is larger); "with every worker running" is the rest of the span over
+   the blocks started in it: the cost per block once every worker is up.
+   Also printed: the CPU seconds of the driver and of the workers (every
+   process the driver started, ``RUSAGE_CHILDREN``), and their growth per
+   block between the two sizes of a repeat (start-up cancels). On a shared
+   machine CPU per block is steadier than wall time: other load slows the
+   span, not the work a block costs.
 
 2. **A 10^5-block run** (``--driver-blocks``, default 100000): the blockwise
    no-op run alone, measuring the driver's own CPU seconds (``getrusage`` of
@@ -88,7 +97,8 @@ def _write_span():
     out = os.environ.get("BENCH_SPAN_DIR")
     if out and _SEEN:
         with open(os.path.join(out, f"{os.getpid()}.json"), "w") as f:
-            json.dump({"start": _SEEN[0], "end": _SEEN[-1], "blocks": len(_SEEN)}, f)
+            span = {"start": _SEEN[0], "end": _SEEN[-1], "blocks": len(_SEEN), "starts": _SEEN}
+            json.dump(span, f)
 
 
 def noop_block(block):
@@ -159,6 +169,30 @@ def write_config(work: Path, name: str, affs: Path, workers: int) -> Path:
     return path
 
 
+def steady_span(starts: list[list[float]], end: float) -> dict[str, float]:
+    """The part of the block span in which every worker was running, and its blocks.
+
+    Args:
+        starts: per worker, when each of its blocks started (seconds).
+        end: when the last block ended.
+
+    Returns:
+        ``steady_span_s`` (from the moment the last worker to start began its
+        first block, to ``end``) and ``steady_blocks`` (the blocks started in it).
+    """
+    begin = max(min(s) for s in starts if s)
+    return {
+        "steady_span_s": end - begin,
+        "steady_blocks": sum(1 for s in starts for t in s if t >= begin),
+    }
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's finished (waited-for) descendants: the workers."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_blockwise(config_path: str) -> dict[str, Any]:
     """Run the no-op stage through blockwise's runner in this process (the driver)."""
     import logging
@@ -168,22 +202,28 @@ def child_blockwise(config_path: str) -> dict[str, Any]:
     from blockwise.runner import run
 
     config = load_config(config_path)
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    before, children = resource.getrusage(resource.RUSAGE_SELF), _children_cpu_s()
     start = time.monotonic()
     result = run(config, progress=False)
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
+    workers_cpu = _children_cpu_s() - children
     (stage,) = result.stages
     if not result.ok or stage.done != stage.total:
         raise RuntimeError(f"the no-op run did not finish: {result.summary()}")
     summary = json.loads((config.run_dir / "summary.json").read_text())
     starts = [b["start_s"] for b in summary["blocks"]]
     ends = [b["end_s"] for b in summary["blocks"]]
+    by_worker: dict[str, list[float]] = {}
+    for b in summary["blocks"]:
+        by_worker.setdefault(b["worker"], []).append(b["start_s"])
     return {
         "blocks": stage.total,
         "wall_s": wall,
         "block_span_s": max(ends) - min(starts),
+        **steady_span(list(by_worker.values()), max(ends)),
         "driver_cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "workers_cpu_s": workers_cpu,
         "driver_peak_rss_mib": after.ru_maxrss / 1024,
     }
 
@@ -217,11 +257,12 @@ def child_daisy(config_path: str) -> dict[str, Any]:
     spans = run_dir / "spans"
     spans.mkdir(parents=True)
     os.environ["BENCH_SPAN_DIR"] = str(spans)  # the workers inherit it
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    before, children = resource.getrusage(resource.RUSAGE_SELF), _children_cpu_s()
     start = time.monotonic()
     states = daisy.run_blockwise([task], progress=False, summary=False, return_states=True)
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
+    workers_cpu = _children_cpu_s() - children
     state = states["noop"]
     if int(state.completed_count) != int(state.total_block_count):
         raise RuntimeError(f"bare daisy did not finish: {state}")
@@ -232,7 +273,9 @@ def child_daisy(config_path: str) -> dict[str, Any]:
         "blocks": int(state.total_block_count),
         "wall_s": wall,
         "block_span_s": max(s["end"] for s in seen) - min(s["start"] for s in seen),
+        **steady_span([s["starts"] for s in seen], max(s["end"] for s in seen)),
         "driver_cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "workers_cpu_s": workers_cpu,
         "driver_peak_rss_mib": after.ru_maxrss / 1024,
     }
 
@@ -257,6 +300,24 @@ def measure(work: Path, kind: str, blocks: int, workers: int, tag: str) -> dict[
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["grid"] = list(grid)
     return result
+
+
+def cpu_slope_us(runs: list[dict[str, Any]], key: str) -> float | None:
+    """Median over repeats of ``key``'s growth per block between the sizes, microseconds.
+
+    The difference between the largest and the smallest run of one repeat:
+    what start-up and the end of a run cost cancels. None with one size.
+    """
+    by_repeat: dict[int, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_repeat.setdefault(r["repeat"], []).append(r)
+    slopes = []
+    for group in by_repeat.values():
+        small = min(group, key=lambda r: r["blocks"])
+        large = max(group, key=lambda r: r["blocks"])
+        if large["blocks"] > small["blocks"]:
+            slopes.append(1e6 * (large[key] - small[key]) / (large["blocks"] - small["blocks"]))
+    return statistics.median(slopes) if slopes else None
 
 
 def main() -> None:
@@ -288,20 +349,27 @@ def main() -> None:
         for repeat, n in [(r, n) for r in range(args.repeats) for n in args.blocks]:
             for kind in ("daisy", "blockwise"):
                 r = measure(work, kind, n, args.workers, f"{n}_{repeat}")
+                r["repeat"] = repeat
                 r["per_block_ms"] = 1e3 * r["block_span_s"] / r["blocks"]
+                r["steady_per_block_ms"] = 1e3 * r["steady_span_s"] / r["steady_blocks"]
                 r["fixed_s"] = r["wall_s"] - r["block_span_s"]
                 runs[kind].append(r)
                 print(
                     f"{kind:9s} {r['blocks']:7d} blocks: {r['wall_s']:7.2f} s wall = "
                     f"{r['block_span_s']:6.2f} s from first block to last "
-                    f"({r['per_block_ms']:.3f} ms per block) + {r['fixed_s']:5.2f} s "
-                    "start and end; "
-                    f"driver CPU {r['driver_cpu_s']:6.2f} s, peak RSS "
+                    f"({r['per_block_ms']:.3f} ms per block; "
+                    f"{r['steady_per_block_ms']:.3f} with every worker running) + "
+                    f"{r['fixed_s']:5.2f} s start and end; "
+                    f"CPU driver {r['driver_cpu_s']:6.2f} s, workers "
+                    f"{r['workers_cpu_s']:6.2f} s; driver peak RSS "
                     f"{r['driver_peak_rss_mib']:.0f} MiB",
                     flush=True,
                 )
         # medians over sizes and repeats: the machine is shared and noisy
         per_block = {k: statistics.median(r["per_block_ms"] for r in v) for k, v in runs.items()}
+        steady = {
+            k: statistics.median(r["steady_per_block_ms"] for r in v) for k, v in runs.items()
+        }
         fixed = {k: statistics.median(r["fixed_s"] for r in v) for k, v in runs.items()}
         ratio = per_block["blockwise"] / per_block["daisy"]
         largest = runs["blockwise"][-1]["wall_s"] / runs["daisy"][-1]["wall_s"]
@@ -311,12 +379,32 @@ def main() -> None:
             f"{fixed['blockwise']:.2f} s / {fixed['daisy']:.2f} s; wall at "
             f"{runs['blockwise'][-1]['blocks']} blocks {largest:.2f}x"
         )
+        print(
+            "medians with every worker running: blockwise / daisy per block "
+            f"{steady['blockwise'] / steady['daisy']:.2f}x "
+            f"({steady['blockwise']:.3f} / {steady['daisy']:.3f} ms)"
+        )
+        # CPU per block: the slope between the two sizes of one repeat (start-up cancels)
+        cpu_us = {
+            k: {part: cpu_slope_us(v, f"{part}_cpu_s") for part in ("workers", "driver")}
+            for k, v in runs.items()
+        }
+        if all(c["workers"] is not None for c in cpu_us.values()):
+            b, d = cpu_us["blockwise"], cpu_us["daisy"]
+            print(
+                "medians: CPU per block (slope between the sizes): workers "
+                f"{b['workers']:.0f} / {d['workers']:.0f} us, driver {b['driver']:.0f} / "
+                f"{d['driver']:.0f} us (blockwise / daisy)"
+            )
         report["overhead"] = {
             "runs": runs,
             "per_block_ms": per_block,
             "fixed_s": fixed,
             "per_block_ratio": ratio,
+            "steady_per_block_ms": steady,
+            "steady_per_block_ratio": steady["blockwise"] / steady["daisy"],
             "wall_ratio_largest": largest,
+            "cpu_per_block_us": cpu_us,
         }
 
         if not args.skip_driver:
