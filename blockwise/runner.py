@@ -32,7 +32,7 @@ from blockwise.errors import (
     disk_full_as_error,
     mount_point,
 )
-from blockwise.execution import open_profile
+from blockwise.execution import open_profile, start_fork_server
 from blockwise.failures import DISK_FULL_PREFIX, BlockFailure
 from blockwise.geometry import voxels
 from blockwise.integrity import TrackingGuard, check_inputs, record_outputs, repair_outputs
@@ -352,13 +352,20 @@ def run(
     """
     start = time.monotonic()
     lock = DriverLock(RunLayout(config.run_dir).lock_path)
-    with disk_full_as_error(config.run_dir):
-        ctx, stages = prepare(config, adopt_store, rerun_changed, lock)
+    # the workers' fork server imports what they import while the run is checked
+    fork_server = start_fork_server(config, in_process=not multiprocessing)
+    try:
+        with disk_full_as_error(config.run_dir):
+            ctx, stages = prepare(config, adopt_store, rerun_changed, lock)
+    except BaseException:
+        if fork_server is not None:
+            fork_server.stop(wait_s=0.0)
+        raise
     daisy_logging.set_log_basedir(str(ctx.layout.logs_dir))
     # a failed block's traceback is written once to RUN_DIR/failures/ and the
     # summary lists it in one line; daisy would print it again for every attempt
     daisy_logging.set_log_level("ERROR")
-    profile = open_profile(ctx, in_process=not multiprocessing)
+    profile = open_profile(ctx, in_process=not multiprocessing, fork_server=fork_server)
     tasks = [(task, task.tiling(ctx)) for stage, _ in stages for task in stage_tasks(ctx, stage)]
     names = [task.name for task, _ in tasks]
     observer = _RecordingProgress(names, enabled=progress)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from blockwise.config import RunConfig
+    from blockwise.execution.forkserver import ForkServer
     from blockwise.run_context import RunContext
     from blockwise.stage import StageTask
 
@@ -60,12 +62,43 @@ class ExecutionProfile(Protocol):
         """
 
 
-def open_profile(ctx: RunContext, in_process: bool = False) -> ExecutionProfile:
+def start_fork_server(config: RunConfig, in_process: bool = False) -> ForkServer | None:
+    """The local profile's fork server, started early (its imports overlap the run's checks).
+
+    None when the run does not use one (in-process, slurm, switched off, not Linux).
+    """
+    from blockwise.execution import forkserver
+
+    if in_process or config.execution.profile != "local" or not forkserver.enabled():
+        return None
+    try:
+        return forkserver.ForkServer()
+    except (forkserver.ForkServerError, OSError) as e:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "no fork server (%s): every worker starts a new interpreter", e
+        )
+        return None
+
+
+def open_profile(
+    ctx: RunContext, in_process: bool = False, fork_server: ForkServer | None = None
+) -> ExecutionProfile:
     """The profile a run uses: ``execution.profile``, or in-process when asked.
+
+    Args:
+        ctx: the run.
+        in_process: run blocks in this process.
+        fork_server: the local profile's fork server (:func:`start_fork_server`),
+            handed to it; a profile that does not use it stops it.
 
     Raises:
         ConfigError, SlurmError: if the slurm profile cannot run this config here.
     """
+    if fork_server is not None and (in_process or ctx.config.execution.profile != "local"):
+        fork_server.stop(wait_s=0.0)
+        fork_server = None
     if in_process:
         from blockwise.execution.in_process import InProcessProfile
 
@@ -76,4 +109,4 @@ def open_profile(ctx: RunContext, in_process: bool = False) -> ExecutionProfile:
         return SlurmProfile(ctx)
     from blockwise.execution.local import LocalProfile
 
-    return LocalProfile(ctx.layout.config_path)
+    return LocalProfile(ctx.layout.config_path, fork_server)

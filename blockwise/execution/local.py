@@ -289,16 +289,18 @@ class LocalProfile:
 
     Args:
         config_path: the resolved config every worker reads.
+        fork_server: the run's fork server, if the driver started it already
+            (one is started otherwise, unless switched off).
     """
 
     multiprocessing = True
     host = "127.0.0.1"
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, fork_server: forkserver.ForkServer | None = None) -> None:
         self.config_path = config_path
         #: starts CPU workers without a new interpreter each (see :mod:`.forkserver`)
-        self.fork_server: forkserver.ForkServer | None = None
-        if forkserver.enabled():
+        self.fork_server = fork_server
+        if fork_server is None and forkserver.enabled():
             try:
                 self.fork_server = forkserver.ForkServer()
             except (forkserver.ForkServerError, OSError) as e:
