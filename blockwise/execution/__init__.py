@@ -109,4 +109,4 @@ def open_profile(
         return SlurmProfile(ctx)
     from blockwise.execution.local import LocalProfile
 
-    return LocalProfile(ctx.layout.config_path, fork_server)
+    return LocalProfile(ctx.layout.config_path, fork_server, ctx.config.execution.block_timeout_s)

@@ -25,6 +25,7 @@ unwatched.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -33,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -274,6 +276,77 @@ class LocalWorker:
                 return proc.wait()
 
 
+def _slot_processes() -> list[int]:
+    """This process's children that are daisy worker-slot processes (Linux ``/proc``)."""
+    found = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids = [int(p) for p in children.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"daisy._subprocess_worker" in command:
+                found.append(pid)
+    return found
+
+
+class SlotWatch:
+    """Kills the driver's worker-slot processes that stay stopped past the block timeout.
+
+    A slot process (:class:`LocalWorker`) watches its worker program, but a
+    stopped slot process (``SIGSTOP``, ``SIGTSTP``) watches nothing and never
+    ends, and daisy waits for it after every block is done. The driver looks
+    every :data:`POLL_S`; a slot stopped for ``stuck_after_s`` is killed
+    (SIGKILL, its worker program ends with it), and daisy hands the block it
+    held to another worker. Linux only (elsewhere it does nothing).
+
+    Args:
+        stuck_after_s: seconds a slot process may stay stopped (the block timeout).
+    """
+
+    def __init__(self, stuck_after_s: float) -> None:
+        self.stuck_after_s = stuck_after_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="blockwise-slot-watch", daemon=True)
+        if sys.platform.startswith("linux"):
+            self._thread.start()
+
+    def _run(self) -> None:
+        stopped_since: dict[int, float] = {}
+        while not self._done.wait(POLL_S):
+            now = time.monotonic()
+            slots = _slot_processes()
+            for pid in list(stopped_since):
+                if pid not in slots:
+                    del stopped_since[pid]
+            for pid in slots:
+                if not is_stopped(pid):
+                    stopped_since.pop(pid, None)
+                    continue
+                since = stopped_since.setdefault(pid, now)
+                if now - since >= self.stuck_after_s:
+                    logger.error(
+                        "worker slot process %d stopped for %.0f s (block timeout %.0f s); "
+                        "killing it",
+                        pid,
+                        now - since,
+                        self.stuck_after_s,
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    del stopped_since[pid]
+
+    def stop(self) -> None:
+        """Stop watching; safe to call more than once."""
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
 def visible_gpus() -> tuple[str, ...]:
     """The GPUs local workers may use: ``CUDA_VISIBLE_DEVICES`` or every device torch sees."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -291,13 +364,22 @@ class LocalProfile:
         config_path: the resolved config every worker reads.
         fork_server: the run's fork server, if the driver started it already
             (one is started otherwise, unless switched off).
+        stuck_after_s: seconds a worker-slot process may stay stopped (the
+            block timeout) before it is killed.
     """
 
     multiprocessing = True
     host = "127.0.0.1"
 
-    def __init__(self, config_path: Path, fork_server: forkserver.ForkServer | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        fork_server: forkserver.ForkServer | None = None,
+        stuck_after_s: float = 600.0,
+    ) -> None:
         self.config_path = config_path
+        #: kills worker-slot processes that stay stopped (see :class:`SlotWatch`)
+        self.slot_watch = SlotWatch(stuck_after_s)
         #: starts CPU workers without a new interpreter each (see :mod:`.forkserver`)
         self.fork_server = fork_server
         if fork_server is None and forkserver.enabled():
@@ -314,5 +396,6 @@ class LocalProfile:
 
     def teardown(self, interrupted: bool = False) -> None:
         """Stop the fork server; every worker dies with its daisy worker process or the driver."""
+        self.slot_watch.stop()
         if self.fork_server is not None:
             self.fork_server.stop(wait_s=0.0 if interrupted else forkserver.STOP_WAIT_S)

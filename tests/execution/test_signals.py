@@ -362,6 +362,25 @@ def test_a_worker_stopped_mid_block_does_not_keep_the_run_from_finishing(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_a_stopped_worker_slot_process_does_not_keep_the_run_from_finishing(
+    tmp_path: Path, gala: Path, reference: Path
+) -> None:
+    """daisy's per-slot process (the worker's watcher) stopped: the driver kills it."""
+    run_dir = tmp_path / "run"
+    path = write_config(tmp_path, gala_config(gala, run_dir, block_timeout_s=BLOCK_TIMEOUT_S))
+    driver = start_driver(path)
+    wait_for_workers(driver, run_dir, "extract_fragments", chunks=6)
+    victim = next(iter(slot_processes(driver.pid)))
+    os.kill(victim, signal.SIGSTOP)
+    out, _ = driver.communicate(timeout=240)
+
+    assert driver.returncode == 0, out
+    assert _proc_stat(victim) is None, "the stopped slot process is still there"
+    assert_identical(run_dir, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_stage_abandoned_after_too_many_worker_restarts_is_named_with_its_reason(
     tmp_path: Path, gala: Path
 ) -> None:
