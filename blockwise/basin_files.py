@@ -22,7 +22,7 @@ from blockwise.errors import InputError
 from blockwise.hierarchical import HierarchyInputError, read_arrays, write_arrays
 from blockwise.layout import RunLayout
 
-BASIN_ARRAYS = ("roi", "shape", "labels")
+BASIN_ARRAYS = ("roi", "shape", "labels", "dtype")
 # level 1: 2 ms to write a 96^3 block, 5 ms to read it (FIB-25); higher levels gain little
 _CODEC = numcodecs.Zstd(level=1)
 
@@ -82,7 +82,7 @@ def load_basins(layout: RunLayout, block: int, write_roi: Roi) -> tuple[Roi, NDA
             "run the same command again (the block is extracted again)"
         )
     try:
-        arrays = read_arrays(path, (*BASIN_ARRAYS, "dtype"))
+        arrays = read_arrays(path, BASIN_ARRAYS)
     except HierarchyInputError as e:
         raise BasinFileError(str(e)) from e
     values = [int(x) for x in arrays["roi"]]

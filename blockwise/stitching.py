@@ -94,15 +94,25 @@ def _pairs_across_blocks(
     if not us:
         empty = np.zeros(0, dtype=np.uint64)
         return empty, empty
-    u = np.concatenate(us)
-    v = np.concatenate(vs)
+    u, v, _ = _distinct_pairs(np.concatenate(us), np.concatenate(vs))
+    return u, v
+
+
+def _distinct_pairs(
+    u: NDArray[np.uint64], v: NDArray[np.uint64]
+) -> tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.intp]]:
+    """The distinct pairs (u[i], v[i]) in (u, v) order, and where each first occurs.
+
+    Through dense indices of the ids (``np.unique(axis=0)`` is slow).
+    """
     if u.size == 0:
-        return u, v
-    # distinct pairs in (u, v) order, through dense indices (np.unique(axis=0) is slow)
+        return u, v, np.zeros(0, dtype=np.intp)
     ids = np.unique(np.concatenate([u, v]))
     n = len(ids)
-    keys = np.unique(np.searchsorted(ids, u).astype(np.int64) * n + np.searchsorted(ids, v))
-    return ids[keys // n], ids[keys % n]
+    keys, first = np.unique(
+        np.searchsorted(ids, u).astype(np.int64) * n + np.searchsorted(ids, v), return_index=True
+    )
+    return ids[keys // n], ids[keys % n], first
 
 
 def cut_pairs(
@@ -152,11 +162,11 @@ def owned_cut_pairs(
     basins: NDArray[np.uint64],
     write: tuple[slice, ...],
 ) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
-    """The pairs of :func:`cut_pairs` that block ``block`` owns (its fragment is u < v).
+    """The pairs of :func:`cut_pairs` that a block owns (its fragment is u < v).
 
     Equal to keeping the pairs of ``cut_pairs(fragments, basins, block_of_id)``
-    whose u lies in the write ROI, for a flood ``basins`` made by this block (each of its
-    fragments lies inside one basin), at a fraction of the cost: such a pair
+    whose u lies in the write ROI, for a flood ``basins`` made by the block
+    (each of its fragments lies inside one basin), at a fraction of the cost: such a pair
     touches across a face of the write ROI, so only those faces are scanned;
     the block's own fragment is covered by the basin it lies in; and the other
     fragment's voxels, all outside the write ROI, are counted there only.
@@ -168,32 +178,27 @@ def owned_cut_pairs(
     """
     us, vs, own_basins = [], [], []
     for axis in range(3):
-        inner = list(write)
         for own_at, out_at in (
             (write[axis].start, write[axis].start - 1),
             (write[axis].stop - 1, write[axis].stop),
         ):
             if out_at < 0 or out_at >= fragments.shape[axis]:
                 continue  # the face lies on the region's border: nothing beyond it here
-            own_plane = tuple(own_at if a == axis else inner[a] for a in range(3))
-            out_plane = tuple(out_at if a == axis else inner[a] for a in range(3))
+            own_plane = tuple(own_at if a == axis else write[a] for a in range(3))
+            out_plane = tuple(out_at if a == axis else write[a] for a in range(3))
             own, out = fragments[own_plane].ravel(), fragments[out_plane].ravel()
             # an own fragment u < v: the pair is this block's (fragments never cross blocks)
             pair = (own != 0) & (out != 0) & (own < out)
             us.append(own[pair])
             vs.append(out[pair])
             own_basins.append(basins[own_plane].ravel()[pair])
-    u = np.concatenate(us) if us else np.zeros(0, dtype=np.uint64)
+    if not us:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, empty.copy()
+    u, v, first = _distinct_pairs(np.concatenate(us), np.concatenate(vs))
     if u.size == 0:
-        return u, u.copy()
-    v = np.concatenate(vs)
-    du = np.concatenate(own_basins)
-    ids = np.unique(np.concatenate([u, v]))
-    n = len(ids)
-    keys, first = np.unique(
-        np.searchsorted(ids, u).astype(np.int64) * n + np.searchsorted(ids, v), return_index=True
-    )
-    u, v, du = ids[keys // n], ids[keys % n], du[first]
+        return u, v
+    du = np.concatenate(own_basins)[first]
     # the other fragments' voxels in the region all lie outside the write ROI: count there
     outside = np.ones(fragments.shape, dtype=bool)
     outside[write] = False

@@ -17,6 +17,7 @@ completion, failure, Ctrl-C or SIGTERM of the driver).
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from blockwise.execution.forkserver import ForkServer
     from blockwise.run_context import RunContext
     from blockwise.stage import StageTask
+
+logger = logging.getLogger(__name__)
 
 WORKER_MODULE = "blockwise_workers.block_worker"
 
@@ -74,11 +77,7 @@ def start_fork_server(config: RunConfig, in_process: bool = False) -> ForkServer
     try:
         return forkserver.ForkServer()
     except (forkserver.ForkServerError, OSError) as e:
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "no fork server (%s): every worker starts a new interpreter", e
-        )
+        logger.warning("no fork server (%s): every worker starts a new interpreter", e)
         return None
 
 

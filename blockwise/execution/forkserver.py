@@ -131,10 +131,13 @@ def serve(address: str) -> None:
         if listener not in ready:
             continue
         connection, _ = listener.accept()
+        fds: list[int] = []
         try:
             message, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, 3)
             request = json.loads(message)
         except (OSError, ValueError):
+            for fd in fds:  # a request that cannot be read keeps no descriptor open
+                os.close(fd)
             connection.close()
             continue
         sys.stdout.flush()

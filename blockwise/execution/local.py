@@ -362,8 +362,9 @@ class LocalProfile:
 
     Args:
         config_path: the resolved config every worker reads.
-        fork_server: the run's fork server, if the driver started it already
-            (one is started otherwise, unless switched off).
+        fork_server: the run's fork server
+            (:func:`~blockwise.execution.start_fork_server`); None: every
+            worker starts a new interpreter.
         stuck_after_s: seconds a worker-slot process may stay stopped (the
             block timeout) before it is killed.
     """
@@ -382,11 +383,6 @@ class LocalProfile:
         self.slot_watch = SlotWatch(stuck_after_s)
         #: starts CPU workers without a new interpreter each (see :mod:`.forkserver`)
         self.fork_server = fork_server
-        if fork_server is None and forkserver.enabled():
-            try:
-                self.fork_server = forkserver.ForkServer()
-            except (forkserver.ForkServerError, OSError) as e:
-                logger.warning("no fork server (%s): every worker starts a new interpreter", e)
 
     def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
         """A worker-starting function; GPU stages spread their workers over the GPUs."""

@@ -177,9 +177,7 @@ def measure_block(ctx: RunContext, block: StageBlock) -> EdgeTable:
         np.maximum.at(levels, np.searchsorted(own_ids, ends[mine]), edge_levels[mine])
     owned = np.flatnonzero(block_u == block.index)
     u, v, s, n = stats.u[owned], stats.v[owned], stats.s[owned], stats.n[owned]
-    forced = np.zeros(u.size, dtype=bool)
-    if ctx.grid.num_blocks > 1:
-        forced = is_pair(u, v, owned_cut_basins(ctx, block, fragments))
+    forced = is_pair(u, v, owned_cut_basins(ctx, block, fragments))
     save_leaf(ctx.layout, block.index, own_ids, levels)
     save_seams(
         ctx.layout,

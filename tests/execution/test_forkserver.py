@@ -63,6 +63,17 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def fork(out: Path, code: int, sleep_s: float) -> forkserver.ForkedWorker:
+    """Ask the server for the test worker: it records to ``out``, sleeps, exits ``code``."""
+    return forkserver.ForkedWorker(
+        os.environ[forkserver.ADDRESS_VARIABLE],
+        "forked_test_worker",
+        [str(out), str(code), str(sleep_s)],
+        ["w"],
+        dict(os.environ),
+    )
+
+
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[forkserver.ForkServer]:
     """A fork server that can import the test's worker module ``forked_test_worker``."""
@@ -98,11 +109,8 @@ def test_a_forked_worker_gets_its_arguments_environment_title_and_exit_status(
 def test_a_killed_worker_reports_the_signal_and_waiting_times_out_before(
     server: forkserver.ForkServer, tmp_path: Path
 ) -> None:
-    address = os.environ[forkserver.ADDRESS_VARIABLE]
     out = tmp_path / "record.json"
-    worker = forkserver.ForkedWorker(
-        address, "forked_test_worker", [str(out), "0", "60"], ["w"], dict(os.environ)
-    )
+    worker = fork(out, 0, 60)
     assert wait_for(out.is_file, 60)
     with pytest.raises(subprocess.TimeoutExpired):
         worker.wait(timeout=0.2)
@@ -140,9 +148,7 @@ def test_stopping_the_server_waits_for_running_workers_then_removes_the_address(
 ) -> None:
     address = os.environ[forkserver.ADDRESS_VARIABLE]
     out = tmp_path / "record.json"
-    worker = forkserver.ForkedWorker(
-        address, "forked_test_worker", [str(out), "0", "1"], ["w"], dict(os.environ)
-    )
+    worker = fork(out, 0, 1)
     start = time.monotonic()
     server.stop()
     assert time.monotonic() - start >= 0.5  # the worker's last second was waited for

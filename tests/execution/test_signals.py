@@ -335,22 +335,38 @@ def test_a_signalled_driver_stops_every_worker_summarises_and_resumes(
     assert_identical(run_dir, reference)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_a_worker_stopped_mid_block_does_not_keep_the_run_from_finishing(
-    tmp_path: Path, gala: Path, reference: Path
-) -> None:
+def run_with_one_stopped(
+    tmp_path: Path,
+    gala: Path,
+    pick: Callable[[subprocess.Popen[str], dict[int, str]], int],
+) -> tuple[Path, int, float]:
+    """A gala run in which one process, chosen by ``pick``, is stopped (SIGSTOP).
+
+    ``pick`` gets the driver and the extract_fragments workers once they run.
+    Returns the run directory, the stopped process and the seconds from the
+    stop to the run's end, after checking that the run succeeded.
+    """
     run_dir = tmp_path / "run"
     path = write_config(tmp_path, gala_config(gala, run_dir, block_timeout_s=BLOCK_TIMEOUT_S))
     driver = start_driver(path)
-    victim = next(iter(wait_for_workers(driver, run_dir, "extract_fragments", chunks=6)))
+    victim = pick(driver, wait_for_workers(driver, run_dir, "extract_fragments", chunks=6))
     os.kill(victim, signal.SIGSTOP)
     stopped = time.monotonic()
     out, _ = driver.communicate(timeout=240)
     finished_s = time.monotonic() - stopped
     print(f"run finished {finished_s:.1f} s after the SIGSTOP")
-
     assert driver.returncode == 0, out
+    return run_dir, victim, finished_s
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_worker_stopped_mid_block_does_not_keep_the_run_from_finishing(
+    tmp_path: Path, gala: Path, reference: Path
+) -> None:
+    run_dir, victim, finished_s = run_with_one_stopped(
+        tmp_path, gala, lambda driver, workers: next(iter(workers))
+    )
     assert _proc_stat(victim) is None, "the stopped worker is still there"
     logs = "".join(p.read_text() for p in (run_dir / "logs" / "extract_fragments").glob("*.err"))
     # its watcher kills it once it has seen it stopped for a block timeout (it looks
@@ -366,15 +382,9 @@ def test_a_stopped_worker_slot_process_does_not_keep_the_run_from_finishing(
     tmp_path: Path, gala: Path, reference: Path
 ) -> None:
     """daisy's per-slot process (the worker's watcher) stopped: the driver kills it."""
-    run_dir = tmp_path / "run"
-    path = write_config(tmp_path, gala_config(gala, run_dir, block_timeout_s=BLOCK_TIMEOUT_S))
-    driver = start_driver(path)
-    wait_for_workers(driver, run_dir, "extract_fragments", chunks=6)
-    victim = next(iter(slot_processes(driver.pid)))
-    os.kill(victim, signal.SIGSTOP)
-    out, _ = driver.communicate(timeout=240)
-
-    assert driver.returncode == 0, out
+    run_dir, victim, _ = run_with_one_stopped(
+        tmp_path, gala, lambda driver, workers: next(iter(slot_processes(driver.pid)))
+    )
     assert _proc_stat(victim) is None, "the stopped slot process is still there"
     assert_identical(run_dir, reference)
 
