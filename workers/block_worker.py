@@ -17,7 +17,7 @@ import sys
 
 import daisy.v2 as daisy
 
-from blockwise.execution.local import scheduler_gone
+from blockwise.execution import probe
 from blockwise.run_context import RunContext
 from blockwise.stage import split_task_name
 from blockwise.stage_worker import StageWorker
@@ -60,7 +60,10 @@ def serve(config_path: str, stage_name: str) -> int:
             except (RuntimeError, OSError) as e:
                 # talking to the scheduler failed: if it is gone, the run ended or was
                 # stopped (the block in hand, if any, runs again on resume)
-                if not scheduler_gone(daisy.Context.from_env()):
+                # (once, from wherever this worker runs: a SLURM task may be on another host)
+                context = daisy.Context.from_env()
+                refused = probe.connection_refused(context["hostname"], int(context["port"]), 2.0)
+                if refused is not True:
                     raise
                 logger.warning("the scheduler is gone (%s): the run ended or was stopped", e)
                 break

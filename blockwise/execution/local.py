@@ -31,7 +31,6 @@ import functools
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,7 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from blockwise.execution import WORKER_MODULE, forkserver, worker_arguments, worker_command
+from blockwise.execution import (
+    WORKER_MODULE,
+    forkserver,
+    probe,
+    worker_arguments,
+    worker_command,
+)
 
 if TYPE_CHECKING:
     # not at run time: daisy's per-slot process imports this module, and a short
@@ -104,14 +109,12 @@ def is_stopped(pid: int) -> bool:
 
 
 def scheduler_gone(context: Any) -> bool:
-    """Whether the daisy scheduler named by a worker context refuses connections (it ended)."""
-    try:
-        with socket.create_connection((context["hostname"], int(context["port"])), timeout=2):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:  # unreachable for a moment, or slow: not proof that it ended
-        return False
+    """Whether the daisy scheduler named by a worker context stopped listening (it ended).
+
+    Asked from the scheduler's host (a worker-slot process), without connecting
+    to it (see :mod:`~blockwise.execution.probe`).
+    """
+    return not probe.scheduler_listening(context["hostname"], int(context["port"]), 2.0)
 
 
 class _Process(Protocol):

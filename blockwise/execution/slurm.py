@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blockwise.errors import BlockwiseError, ConfigError
-from blockwise.execution import worker_command
+from blockwise.execution import probe, worker_command
 
 if TYPE_CHECKING:
     # types only: daisy's worker subprocesses import this module to unpickle a
@@ -382,14 +382,12 @@ def cancel_jobs(jobs: list[dict[str, Any]], why: str, state: str | None = None) 
 
 
 def driver_is_listening(host: str, port: int) -> bool:
-    """Whether the driver's daisy scheduler still accepts connections at ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
-            return True
-    except TimeoutError:
-        return True  # slow is not gone; a refused or unreachable address is
-    except OSError:
-        return False
+    """Whether the driver's daisy scheduler still listens at ``host:port``.
+
+    Asked by worker-slot processes, which run on the driver's host: they look
+    for the listening socket instead of connecting (see :mod:`.probe`).
+    """
+    return probe.scheduler_listening(host, port, PROBE_TIMEOUT_S)
 
 
 class _SlotSignals:

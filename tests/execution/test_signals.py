@@ -273,6 +273,11 @@ def test_a_worker_is_stopped_when_its_scheduler_ends(start_watcher: Callable[...
     watcher, worker = start_watcher(stuck_after_s=600, port=port)
     time.sleep(2.5)  # the scheduler listens: the worker runs on
     assert _proc_stat(worker) is not None and watcher.poll() is None
+    # and the watcher looked without connecting: daisy would remember each probe's
+    # closed address and declare lost the blocks of a worker that later gets its port
+    scheduler.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        scheduler.accept()
     scheduler.close()
     assert scheduler_gone(context)
     _, err = watcher.communicate(timeout=30)
