@@ -28,6 +28,8 @@ numbers below are scored afterwards, outside the timings):
   64^3, 2 worker processes, ``segments.method: hierarchical``), reading the HDF5
   input and writing fragments, graph, task files and segmentations;
 * ``global``: the same with ``segments.method: global``;
+  (``--block-shape Z Y X`` gives both other blocks: a block floods its
+  context too, so larger blocks flood fewer voxels in all);
 * ``whole``: the same config with one block covering the volume, in-process
   (the whole-volume pipeline, the exact reference);
 * ``waterz``: ``waterz.agglomerate`` (0.10.1, mean affinity) on the whole
@@ -53,7 +55,8 @@ in DIR for a look afterwards.
 Not collected by pytest; run as
 
     BLOCKWISE_DATA=../shared/data python tests/benchmarks/bench_run_e2e.py \
-        [--volume {fib25,synthetic}] [--json PATH] [--skip METHOD ...] [--work DIR]
+        [--volume {fib25,synthetic}] [--block-shape Z Y X] [--json PATH]
+        [--skip METHOD ...] [--work DIR]
 """
 
 from __future__ import annotations
@@ -394,6 +397,15 @@ def main() -> None:
         metavar=("Z", "Y", "X"),
         help="crop of the mirrored volume (voxels, at most 500 each; default 400 500 500)",
     )
+    parser.add_argument(
+        "--block-shape",
+        nargs=3,
+        type=int,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="extract_fragments blocks of the block-wise runs (voxels; default the demo "
+        "config's 64 64 64); a multiple of the output chunks (32)",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
         "--work",
@@ -430,11 +442,20 @@ def main() -> None:
             "scored_on": volume.eval_region,
             "description": volume.description,
         }
+        results["block_shape_vx"] = args.block_shape or "fib25_demo.yaml's"
         print(f"volume {volume.name}: {volume.description}; {mvox:.1f} MVox")
         print(f"scores on the {volume.eval_region}; skipped: {args.skip or 'none'}")
+        blocks = (
+            {"extract_fragments": {"block_shape_vx": args.block_shape}} if args.block_shape else {}
+        )
+        if args.block_shape:
+            print(f"block-wise runs with blocks of {args.block_shape} voxels")
         runs = {
-            "hierarchical": (write_config(work, volume, "hierarchical"), []),
-            "global": (write_config(work, volume, "global", segments={"method": "global"}), []),
+            "hierarchical": (write_config(work, volume, "hierarchical", **blocks), []),
+            "global": (
+                write_config(work, volume, "global", segments={"method": "global"}, **blocks),
+                [],
+            ),
             "whole": (
                 write_config(
                     work,
