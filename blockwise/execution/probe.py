@@ -38,15 +38,18 @@ def listening_here(port: int) -> bool | None:
     readable = False
     for table in _TABLES:
         try:
+            # line by line: the kernel lists listening sockets first and writes the
+            # table as it is read, so a listening scheduler is found without the
+            # connections of a busy host being formatted
             with open(table, "rb") as f:
-                lines = f.read().splitlines()[1:]
+                readable = True
+                next(f, None)  # the header
+                for line in f:
+                    fields = line.split(maxsplit=4)
+                    if len(fields) > 3 and fields[3] == _LISTEN and fields[1].endswith(suffix):
+                        return True
         except OSError:
             continue
-        readable = True
-        for line in lines:
-            fields = line.split(maxsplit=4)
-            if len(fields) > 3 and fields[3] == _LISTEN and fields[1].endswith(suffix):
-                return True
     return False if readable else None
 
 
