@@ -319,6 +319,16 @@ def _train_loop(
         model.load_state_dict(checkpoint.model_state)
         if checkpoint.optimizer_state is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
+            # Adam's moments go on, its settings are the config's: loading the state
+            # would otherwise bring back the rate of the run that wrote it (a
+            # fine-tuning at a lower rate would silently run at the old one)
+            saved_lr = optimizer.param_groups[0]["lr"]
+            for group in optimizer.param_groups:
+                group.update(lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+            if saved_lr != opt.lr:
+                logger.info(
+                    "learning rate %g from the config (the checkpoint's: %g)", opt.lr, saved_lr
+                )
         else:
             logger.warning("%s holds no optimizer state; Adam starts afresh", existing[1])
         truncate_log(log_path, start)

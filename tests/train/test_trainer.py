@@ -64,6 +64,21 @@ def test_cli_train_writes_checkpoint_then_resumes(
     assert [i for i, _ in list_checkpoints(train_dir)] == [3, 4, 5]  # keep_checkpoints 3
 
 
+def test_a_resumed_run_trains_at_the_configured_learning_rate(
+    gala: Path, tmp_path: Path, tiny_config: Any
+) -> None:
+    # fine-tuning at a lower rate: Adam's restored state must not bring the old rate back
+    run = tmp_path / "run"
+    train(tiny_config(gala, run, optimizer={"lr": 1e-3}), iterations=2, progress=False)
+    train(tiny_config(gala, run, optimizer={"lr": 1e-4}), iterations=4, progress=False)
+    assert [r["lr"] for r in read_log(run)] == [1e-3, 1e-3, 1e-4, 1e-4]
+    resumed = load_checkpoint(checkpoint_path(run, 4))
+    assert resumed.optimizer_state is not None
+    assert [g["lr"] for g in resumed.optimizer_state["param_groups"]] == [1e-4]
+    # the moments went on: Adam's step count continued from 2
+    assert {int(s["step"]) for s in resumed.optimizer_state["state"].values()} == {4}
+
+
 @pytest.mark.slow
 def test_resume_gives_the_same_weights_as_one_run(
     gala: Path, tmp_path: Path, tiny_config: Any
