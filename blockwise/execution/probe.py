@@ -10,8 +10,8 @@ hands the same port to a new worker, and daisy then takes that worker's blocks
 away at every health check (``WARN block lost ... timed_out=false``) although
 the worker finishes them; a one-block stage can use up its retries that way.
 With the ephemeral port range narrowed to 40 ports, one FIB-25 demo run lost
-21 blocks and failed with connecting probes and lost 4 (from worker
-connections alone) without them.
+21 blocks and failed with connecting probes; runs without them lost 4 and 8
+(worker connections alone reuse ports at that range, which only daisy can fix).
 
 Slot processes run on the scheduler's host, so they look for its listening
 socket in ``/proc/net/tcp`` and ``/proc/net/tcp6`` (Linux). Only a process
