@@ -21,11 +21,16 @@ on a system without ``/proc`` connects.
 
 from __future__ import annotations
 
+import logging
 import socket
+
+logger = logging.getLogger(__name__)
 
 #: the TCP state ``LISTEN`` in ``/proc/net/tcp`` (include/net/tcp_states.h)
 _LISTEN = b"0A"
 _TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+#: whether this process already said that it probes by connecting
+_warned = False
 
 
 def listening_here(port: int) -> bool | None:
@@ -75,7 +80,18 @@ def scheduler_listening(host: str, port: int, timeout_s: float) -> bool:
     Without ``/proc`` this connects once (a slow or unreachable answer counts
     as listening: slow is not gone).
     """
+    global _warned
     here = listening_here(port)
     if here is not None:
         return here
+    if not _warned:
+        _warned = True
+        logger.warning(
+            "cannot read %s: asking the scheduler at %s:%d by connecting, which daisy 2.0 "
+            "may later count against a worker that gets this connection's port "
+            "('block lost ... timed_out=false'; the block is retried)",
+            " or ".join(_TABLES),
+            host,
+            port,
+        )
     return connection_refused(host, port, timeout_s) is not True

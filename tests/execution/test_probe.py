@@ -75,12 +75,20 @@ def test_the_one_off_connecting_check_tells_refused_from_accepted() -> None:
     assert probe.connection_refused("127.0.0.1", port, 2.0) is True
 
 
-def test_without_proc_the_probe_connects_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_proc_the_probe_connects_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # not Linux: the only way left is a connection (refused = gone)
     monkeypatch.setattr(probe, "_TABLES", ("/nonexistent/tcp",))
+    monkeypatch.setattr(probe, "_warned", False)
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     assert probe.listening_here(port) is None
-    assert probe.scheduler_listening("127.0.0.1", port, 2.0)
-    server.close()
-    assert not probe.scheduler_listening("127.0.0.1", port, 2.0)
+    with caplog.at_level("WARNING", logger="blockwise.execution.probe"):
+        assert probe.scheduler_listening("127.0.0.1", port, 2.0)
+        server.close()
+        assert not probe.scheduler_listening("127.0.0.1", port, 2.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "cannot read /nonexistent/tcp" in warnings[0]
+    assert f"127.0.0.1:{port}" in warnings[0]
