@@ -42,7 +42,8 @@ DATA = Path(
     os.environ.get("BLOCKWISE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
 )
 NETWORKS: dict[str, dict[str, Any]] = {
-    "demo": {"num_fmaps": 12, "fmap_inc_factor": 5, "downsample_factors": [[2, 2, 2], [2, 2, 2]]},
+    # the shipped FIB-25 checkpoint's architecture (configs/fib25_from_raw.yaml)
+    "demo": {"num_fmaps": 12, "fmap_inc_factor": 3, "downsample_factors": [[2, 2, 2], [2, 2, 2]]},
     "mala": {
         "num_fmaps": 12,
         "fmap_inc_factor": 5,
