@@ -30,7 +30,8 @@ WORKER = textwrap.dedent(
 
     def main(argv):
         out, code, sleep = argv[0], int(argv[1]), float(argv[2])
-        with open(out, "w") as f:
+        # written aside and renamed: a test that sees the file reads all of it
+        with open(out + ".tmp", "w") as f:
             json.dump({
                 "argv": argv,
                 "variable": os.environ.get("FORKED_TEST_VARIABLE"),
@@ -39,6 +40,7 @@ WORKER = textwrap.dedent(
                 "cmdline": open("/proc/self/cmdline", "rb").read().decode().replace("\\0", " "),
                 "pid": os.getpid(),
             }, f)
+        os.replace(out + ".tmp", out)
         print("worker stdout line", flush=True)
         time.sleep(sleep)
         return code
@@ -135,11 +137,13 @@ def test_a_worker_ends_with_the_process_that_asked_for_it(
             "time.sleep(60)\n",
         ]
     )
-    assert wait_for(out.is_file, 60)
-    pid = json.loads(out.read_text())["pid"]
-    assert alive(pid)
-    asker.kill()
-    asker.wait()
+    try:
+        assert wait_for(out.is_file, 60)
+        pid = json.loads(out.read_text())["pid"]
+        assert alive(pid)
+    finally:
+        asker.kill()
+        asker.wait()
     assert wait_for(lambda: not alive(pid), 10), "the worker outlived the process that asked"
 
 
