@@ -34,6 +34,7 @@ from gala import assert_same_outputs, gala_data
 from blockwise.config import parse_config
 from blockwise.execution.local import POLL_S, scheduler_gone
 from blockwise.integrity import read_done
+from blockwise.layout import RunLayout
 from blockwise.runner import run
 
 pytestmark = pytest.mark.skipif(
@@ -138,7 +139,7 @@ def start_driver(config_path: Path, env: dict[str, str] | None = None) -> subpro
 def done_markers(run_dir: Path, stage: str) -> int:
     """How many of ``stage``'s blocks daisy has marked done (0 while it writes one)."""
     try:
-        done = read_done(run_dir / "tracking" / stage)
+        done = read_done(RunLayout(run_dir).tracking_dir(stage))
     except (ValueError, OSError, json.JSONDecodeError):  # a marker file being written
         return 0
     return 0 if done is None else int(done.sum())
