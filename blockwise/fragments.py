@@ -62,10 +62,15 @@ def fragments_from_affinities(
        from claiming the flanks of a shallow one before it starts.
     5. A connected component of ``mask`` (6-connected) that holds no seed, for
        example one without interior voxels, becomes one fragment as a whole.
-    6. If ``min_fragment_size_vx`` > 0: fragments with fewer voxels give up their
-       seeds and the flood runs once more, so their voxels join neighbouring
-       fragments. A mask component left without seeds becomes one fragment (so a
-       small fragment alone in its mask component keeps its voxels).
+    6. If ``min_fragment_size_vx`` > 0: the voxels of fragments with fewer
+       voxels form groups (6-connected), and each group is flooded once more,
+       alone, from the voxels of other fragments that touch it (at their own
+       surface values, inside ``mask``), so a small fragment joins its
+       neighbours across its weakest boundaries; no other voxel changes, and
+       every fragment ends with at least ``min_fragment_size_vx`` voxels unless
+       it is a whole mask component (or the whole volume) by itself. The flood
+       of a group is a box around it: it costs the group's voxels, not the
+       volume's.
     7. Fragments are numbered 1..n in the order of their first voxel in C order.
 
     The result depends only on the inputs: the same input gives the same bytes.
@@ -134,7 +139,7 @@ def fragments_from_affinities(
     fragments.reshape(-1)[seed_index] = seed_ids
     del seed_index, seed_ids
     fragments, top_id = components.seed_seedless(fragments, top_id)
-    seed_index, seed_ids = _flood_in_place(surface, fragments, mask)
+    _flood_in_place(surface, fragments, mask)
     logger.debug("flooded %d seeds over %s voxels", top_id, shape)
 
     if min_fragment_size_vx > 0:
@@ -142,14 +147,9 @@ def fragments_from_affinities(
         is_small = sizes < min_fragment_size_vx
         is_small[0] = False
         if is_small.any():
-            kept = ~is_small[seed_ids.view(np.int64)]
-            fragments[...] = 0
-            fragments.reshape(-1)[seed_index[kept]] = seed_ids[kept]
-            del seed_index, seed_ids, kept
-            fragments, top_id = components.seed_seedless(fragments, top_id)
-            _flood_in_place(surface, fragments, mask)
+            _merge_small_fragments(fragments, surface, mask, is_small, top_id)
             logger.debug(
-                "removed %d fragments below %d voxels", is_small.sum(), min_fragment_size_vx
+                "merged %d fragments below %d voxels", is_small.sum(), min_fragment_size_vx
             )
     del surface
 
@@ -224,6 +224,64 @@ def _flood_in_place(
     finally:
         flat_surface[seed_index] = seed_surface
     return seed_index, seed_ids
+
+
+def _merge_small_fragments(
+    fragments: NDArray[np.uint64],
+    surface: NDArray[np.float32],
+    mask: NDArray[np.bool_] | None,
+    is_small: NDArray[np.bool_],
+    top_id: int,
+) -> None:
+    """Hand the voxels of the small fragments to the fragments around them, in place.
+
+    The voxels of small fragments (``is_small[id]``) form groups (6-connected).
+    Each group is flooded again on its own (in the box around it) over
+    ``surface``, 6-connected inside ``mask``, from the voxels of other
+    fragments that touch it: those keep their labels and their surface values,
+    so a small fragment goes to the neighbours across its weakest boundaries,
+    and what a group becomes depends only on the voxels around it. Voxels of
+    the other fragments do not change. A group that touches no other fragment
+    is a whole component of ``mask`` (or the whole volume): it becomes one
+    fragment, with a new id after ``top_id``.
+    """
+    groups, _ = ndimage.label(is_small[fragments.view(np.int64)])
+    for label, found in enumerate(ndimage.find_objects(groups), start=1):
+        box = tuple(
+            slice(max(0, s.start - 1), min(n, s.stop + 1))
+            for s, n in zip(found, groups.shape, strict=True)
+        )
+        group = groups[box] == label
+        touching = np.zeros_like(group)
+        for axis in range(3):
+            for step in (1, -1):
+                touching |= _shifted(group, axis, step)
+        touching &= ~group
+        if mask is not None:
+            touching &= mask[box]
+        region = fragments[box]  # a view: written in place
+        if not touching.any():
+            top_id += 1
+            region[group] = top_id
+            continue
+        seeds = np.where(touching, region, np.uint64(0))
+        flooded = seeded_watershed(
+            np.ascontiguousarray(surface[box]), seeds, group | touching, overwrite_seeds=True
+        )
+        region[group] = flooded[group]
+
+
+def _shifted(voxels: NDArray[np.bool_], axis: int, step: int) -> NDArray[np.bool_]:
+    """``voxels`` moved by ``step`` along ``axis``; what moves in is False."""
+    out = np.zeros_like(voxels)
+    source: list[slice] = [slice(None)] * voxels.ndim
+    target: list[slice] = [slice(None)] * voxels.ndim
+    if step > 0:
+        source[axis], target[axis] = slice(None, -step), slice(step, None)
+    else:
+        source[axis], target[axis] = slice(-step, None), slice(None, step)
+    out[tuple(target)] = voxels[tuple(source)]
+    return out
 
 
 class _MaskComponents:

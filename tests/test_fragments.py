@@ -162,9 +162,9 @@ def test_min_fragment_size_on_noise(min_size: int) -> None:
     assert_valid(fragments, n)
     _, n_unlimited = fragments_from_affinities(affs, (10, 10, 10))
     assert n <= n_unlimited
-    # one re-flood: sizes are not guaranteed, but almost all small fragments are gone
+    # small fragments join their neighbours: none is left
     sizes = np.bincount(fragments.reshape(-1).astype(np.int64))[1:]
-    assert (sizes < min_size).sum() <= max(1, n // 20)
+    assert sizes.min() >= min_size
 
 
 def test_small_fragment_alone_in_its_mask_component_keeps_its_voxels() -> None:
@@ -297,23 +297,36 @@ def test_real_fib25_crop() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "expected_sha256", "expected_n"),
+    ("kwargs", "min_size", "expected_sha256", "expected_n"),
     [
-        ({}, "85f047d831a1018745065245a43c9a696247143ca2e6e9cbce7c9fb346338353", 157),
+        ({}, 0, "21bcccdd614821b2ae7f53f7151ae9cd4246c01d5a59ccc329f09028082f81ab", 158),
+        ({}, 50, "1da97e8d9945e51114f0b89f177b817c84694bb74c28c0bcbe007f3f0838218d", 157),
         (
             {"seeds_per_section": True, "min_seed_distance_nm": 50, "masked": True},
-            "38fcc23b2bc51294103979cfd1518b270072682a03f73467cff8a7564b6b5c2d",
+            0,
+            "24aa84ff260259bc11e706c3c2b1e300ffb690ec492ef696766b1966451130f9",
+            3055,
+        ),
+        (
+            {"seeds_per_section": True, "min_seed_distance_nm": 50, "masked": True},
+            50,
+            "eed9cec603b473ec0154661282ebd63941e3109b0cad6a56dab5e4b57d87e89b",
             1782,
         ),
     ],
 )
 def test_real_fib25_crop_bytes_are_unchanged(
-    kwargs: dict[str, object], expected_sha256: str, expected_n: int
+    kwargs: dict[str, object], min_size: int, expected_sha256: str, expected_n: int
 ) -> None:
-    """The memory-lean implementation gives the bytes of the one before it.
+    """A FIB-25 crop gives the bytes it gave when the hashes were taken.
 
-    The hashes were computed with the earlier implementation (full-volume copies
-    of seeds and surface, a separate label volume inside the watershed kernel).
+    Without ``min_fragment_size_vx`` (one flood) the hashes are those of the
+    first implementation (full-volume copies of seeds and surface, a separate
+    label volume inside the watershed kernel), unchanged since. With it, they
+    were taken when small fragments became merged group by group
+    (:func:`test_small_fragments_merge_exactly_as_a_per_group_watershed` checks
+    that step against scikit-image); before, a second flood of the whole volume
+    gave 85f047d8... and 38fcc23b... .
     """
     import hashlib
 
@@ -327,8 +340,83 @@ def test_real_fib25_crop_bytes_are_unchanged(
         boundary_threshold=0.5,
         min_seed_distance_nm=float(options.pop("min_seed_distance_nm", 100)),  # type: ignore[arg-type]
         seeds_per_section=bool(options.pop("seeds_per_section", False)),
-        min_fragment_size_vx=50,
+        min_fragment_size_vx=min_size,
         mask=mask,
     )
     assert n == expected_n
     assert hashlib.sha256(fragments.tobytes()).hexdigest() == expected_sha256
+
+
+def reference_small_fragment_merge(
+    affs: NDArray[np.float32],
+    voxel_size: tuple[int, int, int],
+    min_size: int,
+    mask: NDArray[np.bool_] | None,
+    min_seed_distance_nm: float,
+) -> NDArray[np.uint64]:
+    """Step 6 of ``fragments_from_affinities`` written out, with scikit-image.
+
+    Takes the one-flood fragments, rebuilds the documented flood surface, and
+    floods every 6-connected group of small-fragment voxels over the **whole**
+    volume (no box) from the voxels of other fragments that touch it; a group
+    that touches none becomes one fragment. Ids are renumbered by first voxel.
+    """
+    from skimage.segmentation import watershed
+
+    from blockwise.kernels.distance import distance_transform
+
+    fragments, _ = fragments_from_affinities(
+        affs, voxel_size, min_seed_distance_nm=min_seed_distance_nm, mask=mask
+    )
+    inside = np.ones(fragments.shape, bool) if mask is None else mask
+    mean = affs.mean(axis=0, dtype=np.float32)
+    interior = (mean > np.float32(0.5)) & inside
+    depth = distance_transform(interior, sampling=tuple(float(s) for s in voxel_size))
+    surface = np.float32(1) - mean
+    surface[interior] = depth[interior] / np.float32(-depth.max())
+    sizes = np.bincount(fragments.reshape(-1).astype(np.int64))
+    is_small = sizes < min_size
+    is_small[0] = False
+    groups, n_groups = ndimage.label(is_small[fragments.astype(np.int64)])
+    merged = fragments.copy()
+    next_id = int(fragments.max())
+    for label in range(1, n_groups + 1):
+        group = groups == label
+        touching = ndimage.binary_dilation(group) & ~group & inside
+        if not touching.any():
+            next_id += 1
+            merged[group] = next_id
+            continue
+        markers = np.where(touching, fragments, 0).astype(np.int64)
+        flooded = watershed(surface, markers=markers, mask=group | touching, connectivity=1)
+        merged[group] = flooded[group].astype(np.uint64)
+    ids, first = np.unique(merged.reshape(-1), return_index=True)
+    order = np.argsort(first[ids != 0])
+    lut = np.zeros(int(ids.max()) + 1, dtype=np.uint64)
+    lut[ids[ids != 0][order]] = np.arange(1, order.size + 1, dtype=np.uint64)
+    return lut[merged.astype(np.int64)]
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("min_size", [20, 150])
+def test_small_fragments_merge_exactly_as_a_per_group_watershed(
+    seed: int, masked: bool, min_size: int
+) -> None:
+    affs = noisy_affinities((20, 36, 36), seed=seed)
+    mask = None
+    if masked:
+        mask = np.random.default_rng(seed).random(affs.shape[1:]) > 0.03
+        mask[:, :, 17] = False  # two mask components, one wall of excluded voxels
+    fragments, n = fragments_from_affinities(
+        affs, (10, 10, 10), min_seed_distance_nm=30, min_fragment_size_vx=min_size, mask=mask
+    )
+    assert_valid(fragments, n, mask)
+    expected = reference_small_fragment_merge(affs, (10, 10, 10), min_size, mask, 30)
+    np.testing.assert_array_equal(fragments, expected)
+    # every fragment now has min_size voxels, unless it is a whole mask component
+    sizes = np.bincount(fragments.reshape(-1).astype(np.int64))[1:]
+    components, _ = ndimage.label(np.ones(fragments.shape, bool) if mask is None else mask)
+    for fragment in np.flatnonzero(sizes < min_size) + 1:
+        piece = components[fragments == fragment]
+        assert (components == piece[0]).sum() == piece.size, "a small fragment was left"
