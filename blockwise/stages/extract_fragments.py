@@ -12,6 +12,7 @@ the basins that block faces cut from it.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,17 +51,27 @@ def fragment_nodes(
 
     The centre is the mean of the fragment's voxel offsets in world units.
     """
-    flat = labels.ravel().astype(np.intp)
-    sizes = np.bincount(flat, minlength=count + 1)
-    centers = np.empty((count + 1, 3), dtype=np.float64)
-    for axis, extent in enumerate(labels.shape):
-        # the coordinate along one axis, broadcast: no (3, voxels) index array
-        shape = [1] * labels.ndim
-        shape[axis] = extent
-        coordinate = np.broadcast_to(
-            np.arange(extent, dtype=np.float64).reshape(shape), labels.shape
-        ).ravel()
-        centers[:, axis] = np.bincount(flat, weights=coordinate, minlength=count + 1)
+    # Integer coordinates summed in float64 are exact (sums stay far below
+    # 2**53), so summing slab by slab gives the bytes of one sum over the volume,
+    # without a coordinate array (8 bytes per voxel) per axis. A slab holds at
+    # least as many voxels as there are labels, so the per-slab bincounts never
+    # cost more than the voxels they count.
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    centers = np.zeros((count + 1, 3), dtype=np.float64)
+    depth, height, width = labels.shape
+    if labels.size == 0:
+        return NodeTable(
+            np.zeros(0, np.uint64), np.zeros((0, 3), np.float64), np.zeros(0, np.int64)
+        )
+    thickness = min(depth, max(1, math.ceil((count + 1) / (height * width))))
+    grid = np.indices((thickness, height, width), dtype=np.float64).reshape(3, -1)
+    for z in range(0, depth, thickness):
+        slab = labels[z : z + thickness].ravel().astype(np.intp)
+        used = slab.size
+        sizes += np.bincount(slab, minlength=count + 1)
+        centers[:, 0] += np.bincount(slab, weights=grid[0, :used] + z, minlength=count + 1)
+        centers[:, 1] += np.bincount(slab, weights=grid[1, :used], minlength=count + 1)
+        centers[:, 2] += np.bincount(slab, weights=grid[2, :used], minlength=count + 1)
     centers = centers[1:] / sizes[1:, None]
     centers = centers * np.asarray(voxel_size, dtype=np.float64) + np.asarray(
         roi.begin, dtype=np.float64
