@@ -9,7 +9,10 @@ by the hierarchical agglomeration (:mod:`blockwise.hierarchical`).
 
 Affinities stored as uint8 are used as they are; float affinities in [0, 1]
 are quantised first (``rint(255 a)``), so every run of the same float input
-gets the same integers.
+gets the same integers. The counting is a compiled kernel (``_contacts``): one
+pass over the voxels per offset, runs of one pair along x summed before they
+are stored (``tests/test_contacts.py`` holds it against a voxel loop and the
+whole-array numpy version it replaced).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+
+from blockwise.kernels import _contacts
 
 __all__ = ["ContactStatistics", "contact_statistics", "quantise_affinities"]
 
@@ -55,19 +60,6 @@ def quantise_affinities(affs: NDArray[np.generic]) -> NDArray[np.uint8]:
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
-def _shifted(shape: Sequence[int], offset: Sequence[int]) -> tuple[tuple[slice, ...], ...]:
-    """Slices of ``p`` and of ``p + offset`` over the voxels where both lie in ``shape``."""
-    here, there = [], []
-    for size, o in zip(shape, offset, strict=True):
-        if o >= 0:
-            here.append(slice(0, max(size - o, 0)))
-            there.append(slice(o, size))
-        else:
-            here.append(slice(-o, size))
-            there.append(slice(0, max(size + o, 0)))
-    return tuple(here), tuple(there)
-
-
 def contact_statistics(
     fragments: NDArray[np.uint64],
     affs: NDArray[np.uint8],
@@ -90,31 +82,14 @@ def contact_statistics(
         )
     if affs.dtype != np.uint8:
         raise ValueError(f"affinities must be uint8 here, received {affs.dtype}")
+    if fragments.dtype != np.uint64:
+        raise ValueError(f"fragments must be uint64, received {fragments.dtype}")
     if len(offsets) > affs.shape[0]:
         raise ValueError(f"{len(offsets)} offsets but only {affs.shape[0]} affinity channels")
-    lows, highs, values = [], [], []
-    for channel, offset in enumerate(offsets):
-        here, there = _shifted(fragments.shape, offset)
-        a = fragments[here].ravel()
-        b = fragments[there].ravel()
-        keep = (a != b) & (a != 0) & (b != 0)
-        if not keep.any():
-            continue
-        a, b = a[keep], b[keep]
-        lows.append(np.minimum(a, b))
-        highs.append(np.maximum(a, b))
-        values.append(affs[channel][here].ravel()[keep].astype(np.uint64))
-    if not lows:
-        empty = np.zeros(0, np.uint64)
-        return ContactStatistics(empty, empty.copy(), empty.copy(), empty.copy())
-    low = np.concatenate(lows)
-    high = np.concatenate(highs)
-    value = np.concatenate(values)
-    order = np.lexsort((high, low))
-    low, high, value = low[order], high[order], value[order]
-    first = np.ones(low.size, dtype=bool)
-    first[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
-    starts = np.flatnonzero(first)
-    s = np.add.reduceat(value, starts).astype(np.uint64)
-    n = np.diff(np.r_[starts, low.size]).astype(np.uint64)
-    return ContactStatistics(low[starts], high[starts], s, n)
+    table = np.zeros((len(offsets), 3), dtype=np.int64)
+    for row, offset in enumerate(offsets):
+        if len(offset) != 3:
+            raise ValueError(f"offsets must be (z, y, x) triples, received {list(offsets)}")
+        table[row] = offset
+    u, v, s, n = _contacts.contact_sums(fragments, affs, np.ascontiguousarray(table))
+    return ContactStatistics(u, v, s, n)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from blockwise.kernels import _overlaps
 from blockwise.kernels.relabel import relabel_sorted, unique_nonzero
 
 # a fragment is "covered" by the basin holding more than this share of its voxels
@@ -157,6 +158,51 @@ def is_pair(
     return np.isin(keys, wanted)
 
 
+def dominant_basins(
+    fragments: NDArray[np.uint64],
+    basins: NDArray[np.uint64],
+    wanted: NDArray[np.uint64],
+    leave_out: tuple[slice, ...],
+) -> NDArray[np.uint64]:
+    """The basin covering each ``wanted`` fragment, counting only voxels outside a box.
+
+    Equals ``_dominant(fragments[outside], basins[outside], wanted)`` with
+    ``outside`` false in ``leave_out`` (``tests/test_stitching.py`` compares
+    them), in one pass of a compiled kernel without copying the voxels out.
+
+    Args:
+        fragments: (z, y, x) uint64 fragment ids.
+        basins: (z, y, x) uint64 basin ids of the same voxels.
+        wanted: sorted, unique fragment ids.
+        leave_out: a box of ``fragments`` as slices with explicit bounds (the write ROI).
+
+    Raises:
+        ValueError: if shapes or dtypes disagree or ``wanted`` is not strictly increasing.
+    """
+    if fragments.shape != basins.shape or fragments.ndim != 3:
+        raise ValueError(
+            f"fragments and basins must be 3D of one shape, received {fragments.shape} "
+            f"and {basins.shape}"
+        )
+    if fragments.dtype != np.uint64 or basins.dtype != np.uint64 or wanted.dtype != np.uint64:
+        raise ValueError(
+            f"fragments, basins and wanted must be uint64, received {fragments.dtype}, "
+            f"{basins.dtype} and {wanted.dtype}"
+        )
+    if wanted.ndim != 1 or (wanted.size > 1 and not bool(np.all(wanted[1:] > wanted[:-1]))):
+        raise ValueError("wanted must be a strictly increasing 1D array of fragment ids")
+    bounds = [sl.indices(n)[:2] for sl, n in zip(leave_out, fragments.shape, strict=True)]
+    return _overlaps.dominant_labels(
+        fragments,
+        basins,
+        np.ascontiguousarray(wanted),
+        *bounds[0],
+        *bounds[1],
+        *bounds[2],
+        MIN_COVERAGE,
+    )
+
+
 def owned_cut_pairs(
     fragments: NDArray[np.uint64],
     basins: NDArray[np.uint64],
@@ -200,10 +246,8 @@ def owned_cut_pairs(
         return u, v
     du = np.concatenate(own_basins)[first]
     # the other fragments' voxels in the region all lie outside the write ROI: count there
-    outside = np.ones(fragments.shape, dtype=bool)
-    outside[write] = False
     wanted = np.unique(v)
-    dominant = _dominant(fragments[outside], basins[outside], wanted)
+    dominant = dominant_basins(fragments, basins, wanted, write)
     dv = dominant[np.searchsorted(wanted, v)]
     same = (du == dv) & (du != 0)
     return u[same], v[same]

@@ -130,6 +130,47 @@ def _dominant_by_counting(
     return dominant
 
 
+def test_dominant_basins_outside_a_box_equal_counting_voxel_by_voxel() -> None:
+    from blockwise.stitching import dominant_basins
+
+    rng = np.random.default_rng(12)
+    for trial in range(40):
+        shape = tuple(rng.integers(3, 14, size=3).tolist())
+        # runs along x (as in real fragments), large ids, background, wanted ids absent
+        fragments = np.repeat(rng.integers(0, 6, size=(*shape[:2], 1)), shape[2], axis=2)
+        fragments[rng.random(shape) < 0.3] = rng.integers(0, 6)
+        fragments = fragments.astype(np.uint64)
+        fragments[fragments > 0] += np.uint64(2**40 + 1000 * trial)
+        basins = np.where(
+            rng.random(shape) < 0.7, fragments % np.uint64(4), rng.integers(0, 5, size=shape)
+        ).astype(np.uint64)
+        box = tuple(
+            slice(int(a), int(a) + int(rng.integers(0, n - a + 1)))
+            for a, n in zip((rng.integers(0, n + 1) for n in shape), shape, strict=True)
+        )
+        outside = np.ones(shape, dtype=bool)
+        outside[box] = False
+        present = np.unique(fragments[fragments != 0])
+        extra = np.array([1, 2**41 + 5], dtype=np.uint64)  # ids found nowhere
+        wanted = np.unique(np.concatenate([present[::2], extra]))
+        expected = _dominant_by_counting(fragments[outside], basins[outside], wanted)
+        got = dominant_basins(fragments, basins, wanted, box)
+        assert np.array_equal(got, expected), (trial, box)
+
+
+def test_dominant_basins_refuses_what_the_kernel_cannot_take() -> None:
+    from blockwise.stitching import dominant_basins
+
+    f = np.ones((2, 3, 4), np.uint64)
+    box = (slice(0, 1), slice(0, 1), slice(0, 1))
+    with pytest.raises(ValueError, match="one shape"):
+        dominant_basins(f, f[:1], np.array([1], np.uint64), box)
+    with pytest.raises(ValueError, match="uint64"):
+        dominant_basins(f, f.astype(np.int64), np.array([1], np.uint64), box)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        dominant_basins(f, f, np.array([2, 1], np.uint64), box)
+
+
 @pytest.mark.parametrize("table_limit", [1 << 24, 16])
 def test_dominant_basin_equals_counting_voxel_by_voxel(
     table_limit: int, monkeypatch: pytest.MonkeyPatch
