@@ -73,7 +73,8 @@ def contact_statistics(
         offsets: per channel, the (z, y, x) offset in voxels that it links.
 
     Raises:
-        ValueError: if the shapes or the number of offsets disagree.
+        ValueError: if the shapes or the number of offsets disagree, ``affs`` is
+            not uint8, ``fragments`` not uint64, or an offset is not three integers.
     """
     if fragments.ndim != 3 or affs.ndim != 4 or affs.shape[1:] != fragments.shape:
         raise ValueError(
@@ -88,8 +89,12 @@ def contact_statistics(
         raise ValueError(f"{len(offsets)} offsets but only {affs.shape[0]} affinity channels")
     table = np.zeros((len(offsets), 3), dtype=np.int64)
     for row, offset in enumerate(offsets):
-        if len(offset) != 3:
-            raise ValueError(f"offsets must be (z, y, x) triples, received {list(offsets)}")
+        if len(offset) != 3 or not all(
+            isinstance(o, int | np.integer) and not isinstance(o, bool) for o in offset
+        ):
+            raise ValueError(
+                f"offsets must be (z, y, x) triples of integers, received {list(offsets)}"
+            )
         table[row] = offset
     u, v, s, n = _contacts.contact_sums(fragments, affs, np.ascontiguousarray(table))
     return ContactStatistics(u, v, s, n)

@@ -69,8 +69,9 @@ def fragments_from_affinities(
        neighbours across its weakest boundaries; no other voxel changes, and
        every fragment ends with at least ``min_fragment_size_vx`` voxels unless
        it is a whole mask component (or the whole volume) by itself. The flood
-       of a group is a box around it: it costs the group's voxels, not the
-       volume's.
+       of a group runs in the box around it (grown by one voxel): it costs
+       the groups' boxes, which on real data add up to a small part of the
+       volume (FIB-25: 984 small voxels in 15.6 M).
     7. Fragments are numbered 1..n in the order of their first voxel in C order.
 
     The result depends only on the inputs: the same input gives the same bytes.
@@ -206,16 +207,12 @@ def _window_vx(distance_nm: float, voxel_nm: float) -> int:
 
 def _flood_in_place(
     surface: NDArray[np.float32], labels: NDArray[np.uint64], mask: NDArray[np.bool_] | None
-) -> tuple[NDArray[np.intp], NDArray[np.uint64]]:
+) -> None:
     """Flood the seeds in ``labels`` (in place) over ``surface`` with seeds at ``-inf``.
 
     ``surface`` is changed at the seed voxels only while the flood runs.
-
-    Returns:
-        The flat indices of the seed voxels and their seed labels.
     """
     seed_index = np.flatnonzero(labels)
-    seed_ids = labels.reshape(-1)[seed_index]
     flat_surface = surface.reshape(-1)
     seed_surface = flat_surface[seed_index]
     flat_surface[seed_index] = -np.inf
@@ -223,7 +220,6 @@ def _flood_in_place(
         seeded_watershed(surface, labels, mask, overwrite_seeds=True)
     finally:
         flat_surface[seed_index] = seed_surface
-    return seed_index, seed_ids
 
 
 def _merge_small_fragments(

@@ -205,7 +205,11 @@ class RunContext:
         """
         raw = self.affinities.read(roi)
         if raw.dtype == np.uint8:
-            return raw.astype(np.float32) / np.float32(255.0)
+            # divided in place: the bytes of ``raw.astype(np.float32) / 255`` without
+            # a second float32 copy of the region
+            affs = raw.astype(np.float32)
+            np.divide(affs, np.float32(255.0), out=affs)
+            return affs
         affs = raw.astype(np.float32, copy=False)
         if not np.all(np.isfinite(affs)):
             raise InputError(f"affinities {self.affinities.name} hold NaN or inf in {roi}")

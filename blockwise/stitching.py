@@ -168,16 +168,21 @@ def dominant_basins(
 
     Equals ``_dominant(fragments[outside], basins[outside], wanted)`` with
     ``outside`` false in ``leave_out`` (``tests/test_stitching.py`` compares
-    them), in one pass of a compiled kernel without copying the voxels out.
+    them), in one pass of a compiled kernel without copying the voxels out. A
+    basin covers a fragment when it holds more than ``MIN_COVERAGE`` (one
+    half) of the fragment's counted voxels, so at most one basin can; a
+    fragment with no voxel outside the box gets 0.
 
     Args:
         fragments: (z, y, x) uint64 fragment ids.
         basins: (z, y, x) uint64 basin ids of the same voxels.
         wanted: sorted, unique fragment ids.
-        leave_out: a box of ``fragments`` as slices with explicit bounds (the write ROI).
+        leave_out: a box of ``fragments``: three slices without a step (the write ROI).
 
     Raises:
-        ValueError: if shapes or dtypes disagree or ``wanted`` is not strictly increasing.
+        ValueError: if shapes or dtypes disagree, ``wanted`` is not strictly
+            increasing or holds 0 (background, no fragment), or ``leave_out`` is
+            not three slices without a step.
     """
     if fragments.shape != basins.shape or fragments.ndim != 3:
         raise ValueError(
@@ -191,6 +196,12 @@ def dominant_basins(
         )
     if wanted.ndim != 1 or (wanted.size > 1 and not bool(np.all(wanted[1:] > wanted[:-1]))):
         raise ValueError("wanted must be a strictly increasing 1D array of fragment ids")
+    if wanted.size and wanted[0] == 0:
+        raise ValueError("wanted holds 0, the background, which is no fragment")
+    if len(leave_out) != 3 or not all(
+        isinstance(sl, slice) and sl.step in (None, 1) for sl in leave_out
+    ):
+        raise ValueError(f"leave_out must be three slices without a step, received {leave_out}")
     bounds = [sl.indices(n)[:2] for sl, n in zip(leave_out, fragments.shape, strict=True)]
     return _overlaps.dominant_labels(
         fragments,

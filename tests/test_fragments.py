@@ -320,10 +320,11 @@ def test_real_fib25_crop_bytes_are_unchanged(
 ) -> None:
     """A FIB-25 crop gives the bytes it gave when the hashes were taken.
 
-    Without ``min_fragment_size_vx`` (one flood) the hashes are those of the
-    first implementation (full-volume copies of seeds and surface, a separate
-    label volume inside the watershed kernel), unchanged since. With it, they
-    were taken when small fragments became merged group by group
+    Without ``min_fragment_size_vx`` (one flood) the hashes were taken on
+    2026-11-30 from the code of that morning, whose one-flood path the
+    small-fragment change did not touch (the same bytes before and after
+    it). With it, they were taken when small fragments became merged group
+    by group
     (:func:`test_small_fragments_merge_exactly_as_a_per_group_watershed` checks
     that step against scikit-image); before, a second flood of the whole volume
     gave 85f047d8... and 38fcc23b... .

@@ -148,6 +148,10 @@ def test_dominant_basins_outside_a_box_equal_counting_voxel_by_voxel() -> None:
             slice(int(a), int(a) + int(rng.integers(0, n - a + 1)))
             for a, n in zip((rng.integers(0, n + 1) for n in shape), shape, strict=True)
         )
+        if trial % 4 == 1:  # open and negative bounds, as numpy reads them
+            box = (slice(None, box[0].stop), slice(-shape[1] + box[1].start, None), box[2])
+        if trial % 4 == 2:  # views that are not contiguous
+            fragments, basins = fragments[:, ::-1], basins[:, ::-1]
         outside = np.ones(shape, dtype=bool)
         outside[box] = False
         present = np.unique(fragments[fragments != 0])
@@ -169,6 +173,12 @@ def test_dominant_basins_refuses_what_the_kernel_cannot_take() -> None:
         dominant_basins(f, f.astype(np.int64), np.array([1], np.uint64), box)
     with pytest.raises(ValueError, match="strictly increasing"):
         dominant_basins(f, f, np.array([2, 1], np.uint64), box)
+    with pytest.raises(ValueError, match="background"):
+        dominant_basins(f, f, np.array([0, 1], np.uint64), box)
+    with pytest.raises(ValueError, match="three slices without a step"):
+        dominant_basins(f, f, np.array([1], np.uint64), (slice(0, 2, 2), *box[1:]))
+    with pytest.raises(ValueError, match="three slices without a step"):
+        dominant_basins(f, f, np.array([1], np.uint64), box[:2])
 
 
 @pytest.mark.parametrize("table_limit", [1 << 24, 16])

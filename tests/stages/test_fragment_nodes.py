@@ -40,6 +40,28 @@ def test_sizes_and_centres_match_a_per_fragment_reference(
     np.testing.assert_array_equal(nodes.id, np.arange(101, 101 + count, dtype=np.uint64))
     np.testing.assert_array_equal(nodes.size_vx, sizes)
     np.testing.assert_allclose(nodes.center_nm, centres, rtol=0, atol=1e-9)
+    # and the bytes of one bincount over the whole array (the earlier implementation)
+    np.testing.assert_array_equal(nodes.center_nm, one_pass_centres(labels, count, roi, (4, 8, 8)))
+
+
+def one_pass_centres(
+    labels: np.ndarray, count: int, roi: Roi, voxel_size: tuple[int, int, int]
+) -> np.ndarray:
+    """Centres from one weighted bincount per axis over the whole array."""
+    flat = labels.ravel().astype(np.intp)
+    sizes = np.bincount(flat, minlength=count + 1)
+    centers = np.empty((count + 1, 3), dtype=np.float64)
+    for axis, extent in enumerate(labels.shape):
+        shape = [1] * labels.ndim
+        shape[axis] = extent
+        coordinate = np.broadcast_to(
+            np.arange(extent, dtype=np.float64).reshape(shape), labels.shape
+        ).ravel()
+        centers[:, axis] = np.bincount(flat, weights=coordinate, minlength=count + 1)
+    centers = centers[1:] / sizes[1:, None]
+    return centers * np.asarray(voxel_size, dtype=np.float64) + np.asarray(
+        roi.begin, dtype=np.float64
+    )
 
 
 def test_no_voxels_no_nodes() -> None:
