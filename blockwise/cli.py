@@ -198,10 +198,17 @@ def _view(args: argparse.Namespace) -> int:
             sys.stdout.write(f"selected: {selection.description}\n")
         sys.stdout.write("serving; press Ctrl-C to stop\n")
         sys.stdout.flush()
-        serve_until_interrupted()
+        stopped = serve_until_interrupted()
     except KeyboardInterrupt:
         # Ctrl-C before the serving loop took over: stop just as cleanly
-        stop_viewer()
+        logger.info("stopping the viewer")
+        stopped = stop_viewer()
+    if not stopped:
+        # the server's threads (and its request executor, which the interpreter
+        # would wait for at exit) still hold a connection: end without them
+        sys.stdout.flush()
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -423,8 +423,16 @@ def _initially_visible(layers: list[LayerSpec]) -> set[str]:
     return shown
 
 
-def serve_until_interrupted(stop: threading.Event | None = None) -> None:
-    """Keep serving until Ctrl-C (or ``stop`` is set), then stop the server cleanly."""
+#: seconds the viewer's server may take to close its connections when it stops
+STOP_TIMEOUT_S = 10.0
+
+
+def serve_until_interrupted(stop: threading.Event | None = None) -> bool:
+    """Keep serving until Ctrl-C (or ``stop`` is set), then stop the server.
+
+    Returns:
+        Whether the server stopped within :data:`STOP_TIMEOUT_S` (see :func:`stop_viewer`).
+    """
     event = stop if stop is not None else threading.Event()
     try:
         while not event.wait(1.0):
@@ -432,14 +440,34 @@ def serve_until_interrupted(stop: threading.Event | None = None) -> None:
     except KeyboardInterrupt:
         logger.info("stopping the viewer")
     finally:
-        stop_viewer()
+        stopped = stop_viewer()
+    return stopped
 
 
-def stop_viewer() -> None:
-    """Stop neuroglancer's server; every viewer URL becomes invalid."""
+def stop_viewer(timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Stop neuroglancer's server; every viewer URL becomes invalid.
+
+    neuroglancer's stop waits until every open connection has closed, which a
+    browser tab (or a request in flight) can put off for as long as it
+    likes; this waits at most ``timeout_s``.
+
+    Returns:
+        Whether the server stopped in time. If not, it is still stopping in
+        a daemon thread; a process that must end now should end without
+        waiting for its threads (the ``view`` command does).
+    """
     import neuroglancer
 
-    neuroglancer.stop()
+    stopper = threading.Thread(target=neuroglancer.stop, name="viewer-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout_s)
+    if stopper.is_alive():
+        logger.warning(
+            "the viewer's server did not stop within %.0f s (a connection still open)",
+            timeout_s,
+        )
+        return False
+    return True
 
 
 def screenshot(viewer: Any, size: tuple[int, int] = (800, 600), timeout_s: float = 60.0) -> bytes:

@@ -320,3 +320,24 @@ def test_cli_view_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     assert "no outputs yet" in caplog.text
     assert main(["view", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in caplog.text
+
+
+def test_stopping_gives_up_on_a_server_that_does_not_stop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # neuroglancer's stop waits for every open connection to close; a view
+    # command must not wait for ever on a browser tab left open
+    import time
+
+    import neuroglancer
+
+    release = threading.Event()
+    monkeypatch.setattr(neuroglancer, "stop", lambda: release.wait(30))
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="blockwise.viewer"):
+        assert stop_viewer(timeout_s=0.2) is False
+    assert time.monotonic() - started < 5
+    assert "did not stop within" in caplog.text
+    release.set()
+    monkeypatch.setattr(neuroglancer, "stop", lambda: None)
+    assert stop_viewer(timeout_s=0.2) is True
