@@ -191,6 +191,10 @@ def _view(args: argparse.Namespace) -> int:
     run_dir = resolve_run_dir(Path(args.run))
     layers = run_layers(run_dir)
     selection = worst_selection(run_dir, layers) if args.segments == "worst" else None
+    # "press Ctrl-C to stop" must hold even when this process was started with
+    # SIGINT ignored (as a shell starts `cmd &` without job control, nohup or
+    # CI scripts): the viewer serves until it is interrupted, so it listens
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         viewer = open_viewer(layers, selection, bind_address=args.bind, port=args.port)
         sys.stdout.write(f"{viewer.get_viewer_url()}\n")
