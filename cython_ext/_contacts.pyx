@@ -9,7 +9,8 @@ offsets[c]`` lies in the volume, a pair of different non-zero fragments ``u =
 min(f[p], f[q])``, ``v = max(...)`` gains ``affs[c, p]`` and one contact.
 Neighbouring voxels mostly see the same pair (a contact surface), so a run of
 equal pairs along x is added up before it is stored; the runs are then sorted
-by ``(u, v)`` and summed. The result does not depend on the order of the runs.
+by ``(u, v)`` and summed (``pair_runs.hpp``, shared with ``_overlaps``). The
+result does not depend on the order of the runs.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint64_t
@@ -18,32 +19,15 @@ from libcpp.vector cimport vector
 import numpy as np
 
 
-cdef extern from *:
-    """
-    #include <algorithm>
-    #include <cstdint>
-    #include <vector>
-    struct blockwise_contact { uint64_t u, v, s, n; };
-    static inline bool blockwise_contact_less(const blockwise_contact& a,
-                                              const blockwise_contact& b) {
-        return a.u < b.u || (a.u == b.u && a.v < b.v);
-    }
-    static void blockwise_sort_contacts(std::vector<blockwise_contact>& runs) {
-        std::sort(runs.begin(), runs.end(), blockwise_contact_less);
-    }
-    """
-    cdef struct blockwise_contact:
-        uint64_t u
-        uint64_t v
-        uint64_t s
-        uint64_t n
-    void blockwise_sort_contacts(vector[blockwise_contact]& runs) nogil
-
-
-cdef inline void _flush(vector[blockwise_contact]& runs, blockwise_contact& run) noexcept nogil:
-    if run.n != 0:
-        runs.push_back(run)
-        run.n = 0
+cdef extern from "pair_runs.hpp" namespace "blockwise::pair_runs" nogil:
+    cdef struct Run:
+        uint64_t a
+        uint64_t b
+        uint64_t sum
+        uint64_t count
+    void flush(vector[Run]& runs, Run& run)
+    void extend(vector[Run]& runs, Run& run, uint64_t a, uint64_t b, uint64_t value)
+    void sum_by_pair(vector[Run]& runs)
 
 
 def contact_sums(const uint64_t[:, :, :] fragments not None,
@@ -66,13 +50,10 @@ def contact_sums(const uint64_t[:, :, :] fragments not None,
     cdef Py_ssize_t channel, z, y, x, z0, z1, y0, y1, x0, x1
     cdef int64_t dz, dy, dx
     cdef uint64_t a, b, lo, hi
-    cdef vector[blockwise_contact] runs
-    cdef blockwise_contact run
+    cdef vector[Run] runs
+    cdef Run run
     cdef Py_ssize_t i, k
-    run.n = 0
-    run.u = 0
-    run.v = 0
-    run.s = 0
+    run.count = 0
     with nogil:
         for channel in range(offsets.shape[0]):
             dz = offsets[channel, 0]
@@ -97,24 +78,10 @@ def contact_sums(const uint64_t[:, :, :] fragments not None,
                         else:
                             lo = b
                             hi = a
-                        if run.n == 0 or lo != run.u or hi != run.v:
-                            _flush(runs, run)
-                            run.u = lo
-                            run.v = hi
-                            run.s = 0
-                        run.s += affs[channel, z, y, x]
-                        run.n += 1
-        _flush(runs, run)
-        blockwise_sort_contacts(runs)
-        # sum the runs of each pair in place: runs[0..k) become the distinct pairs
-        k = 0
-        for i in range(<Py_ssize_t>runs.size()):
-            if k > 0 and runs[i].u == runs[k - 1].u and runs[i].v == runs[k - 1].v:
-                runs[k - 1].s += runs[i].s
-                runs[k - 1].n += runs[i].n
-            else:
-                runs[k] = runs[i]
-                k += 1
+                        extend(runs, run, lo, hi, affs[channel, z, y, x])
+        flush(runs, run)
+        sum_by_pair(runs)
+        k = <Py_ssize_t>runs.size()
     u = np.empty(k, dtype=np.uint64)
     v = np.empty(k, dtype=np.uint64)
     s = np.empty(k, dtype=np.uint64)
@@ -125,8 +92,8 @@ def contact_sums(const uint64_t[:, :, :] fragments not None,
     cdef uint64_t[::1] n_view = n
     with nogil:
         for i in range(k):
-            u_view[i] = runs[i].u
-            v_view[i] = runs[i].v
-            s_view[i] = runs[i].s
-            n_view[i] = runs[i].n
+            u_view[i] = runs[i].a
+            v_view[i] = runs[i].b
+            s_view[i] = runs[i].sum
+            n_view[i] = runs[i].count
     return u, v, s, n

@@ -6,7 +6,8 @@ which checks shapes, dtypes and the box first.
 
 Neighbouring voxels mostly hold the same pair of labels, so a run of equal
 pairs along x is counted once before it is stored; the runs are then sorted
-by pair and summed. The result does not depend on the order of the runs.
+by pair and summed (``pair_runs.hpp``, shared with ``_contacts``). The result
+does not depend on the order of the runs.
 """
 
 from libc.stdint cimport uint64_t
@@ -16,31 +17,15 @@ from libcpp.vector cimport vector
 import numpy as np
 
 
-cdef extern from *:
-    """
-    #include <algorithm>
-    #include <cstdint>
-    #include <vector>
-    struct blockwise_overlap { uint64_t index, basin, count; };
-    static inline bool blockwise_overlap_less(const blockwise_overlap& a,
-                                              const blockwise_overlap& b) {
-        return a.index < b.index || (a.index == b.index && a.basin < b.basin);
-    }
-    static void blockwise_sort_overlaps(std::vector<blockwise_overlap>& runs) {
-        std::sort(runs.begin(), runs.end(), blockwise_overlap_less);
-    }
-    """
-    cdef struct blockwise_overlap:
-        uint64_t index
-        uint64_t basin
+cdef extern from "pair_runs.hpp" namespace "blockwise::pair_runs" nogil:
+    cdef struct Run:
+        uint64_t a
+        uint64_t b
+        uint64_t sum
         uint64_t count
-    void blockwise_sort_overlaps(vector[blockwise_overlap]& runs) nogil
-
-
-cdef inline void _flush(vector[blockwise_overlap]& runs, blockwise_overlap& run) noexcept nogil:
-    if run.count != 0:
-        runs.push_back(run)
-        run.count = 0
+    void flush(vector[Run]& runs, Run& run)
+    void extend(vector[Run]& runs, Run& run, uint64_t a, uint64_t b, uint64_t value)
+    void sum_by_pair(vector[Run]& runs)
 
 
 def dominant_labels(const uint64_t[:, :, :] fragments not None,
@@ -72,16 +57,14 @@ def dominant_labels(const uint64_t[:, :, :] fragments not None,
     cdef bint last_wanted = False, have_last = False, inside_rows
     cdef const uint64_t* first = &wanted[0] if n_wanted > 0 else NULL
     cdef const uint64_t* found
-    cdef vector[blockwise_overlap] runs
-    cdef blockwise_overlap run
+    cdef vector[Run] runs
+    cdef Run run
     cdef uint64_t total, best_count, best_basin
     result = np.zeros(n_wanted, dtype=np.uint64)
     cdef uint64_t[::1] out = result
     if n_wanted == 0:
         return result
     run.count = 0
-    run.index = 0
-    run.basin = 0
     with nogil:
         for z in range(depth):
             for y in range(height):
@@ -98,31 +81,23 @@ def dominant_labels(const uint64_t[:, :, :] fragments not None,
                         have_last = True
                     if not last_wanted:
                         continue
-                    if run.count == 0 or run.index != index or run.basin != basins[z, y, x]:
-                        _flush(runs, run)
-                        run.index = index
-                        run.basin = basins[z, y, x]
-                    run.count += 1
-        _flush(runs, run)
-        blockwise_sort_overlaps(runs)
+                    # a = the wanted fragment's index, b = the basin; one voxel each
+                    extend(runs, run, index, basins[z, y, x], 0)
+        flush(runs, run)
+        sum_by_pair(runs)
         i = 0
         while i < <Py_ssize_t>runs.size():
-            # the pairs of one wanted fragment: runs[start..i)
+            # the basins of one wanted fragment, in increasing order: runs[start..i)
             start = i
             total = 0
             best_count = 0
             best_basin = 0
-            while i < <Py_ssize_t>runs.size() and runs[i].index == runs[start].index:
-                run = runs[i]
+            while i < <Py_ssize_t>runs.size() and runs[i].a == runs[start].a:
+                total += runs[i].count
+                if runs[i].count > best_count:  # ties keep the smaller basin
+                    best_count = runs[i].count
+                    best_basin = runs[i].b
                 i += 1
-                while i < <Py_ssize_t>runs.size() and runs[i].index == run.index \
-                        and runs[i].basin == run.basin:
-                    run.count += runs[i].count
-                    i += 1
-                total += run.count
-                if run.count > best_count:
-                    best_count = run.count
-                    best_basin = run.basin
             if best_count > min_coverage * total:
-                out[runs[start].index] = best_basin
+                out[runs[start].a] = best_basin
     return result
