@@ -9,6 +9,7 @@ and no coordination is needed; 0 is background.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -148,3 +149,42 @@ def grow_clipped(roi: Roi, context_nm: Coordinate, bounds: Roi) -> Roi:
 def voxels(roi: Roi, voxel_size: Coordinate) -> int:
     """Number of voxels in ``roi``."""
     return int(np.prod(list(roi.shape / voxel_size), dtype=object))
+
+
+def cantor_number(position: tuple[int, ...]) -> int:
+    """daisy's spatial id of the block at grid ``position`` (daisy 1.x and 2.0 alike).
+
+    The id of position ``(x_0, .., x_{n-1})`` is the sum over ``d`` of
+    ``C(s_d + d, d + 1)``, where ``s_d = x_0 + .. + x_d``: the blocks are
+    numbered along diagonals of growing ``s_{n-1}`` (a Cantor enumeration of
+    the grid), so the numbering does not depend on the grid's extent.
+    """
+    number = total = 0
+    for d, x in enumerate(position):
+        total += x
+        number += math.comb(total + d, d + 1)
+    return number
+
+
+def cantor_position(number: int, dims: int) -> tuple[int, ...]:
+    """The grid position whose :func:`cantor_number` is ``number`` (its inverse).
+
+    Raises:
+        ValueError: if ``number`` is negative or ``dims`` < 1.
+    """
+    if number < 0 or dims < 1:
+        raise ValueError(f"expected a number >= 0 and dims >= 1, received {number} and {dims}")
+    sums = [0] * dims
+    rest = number
+    for d in range(dims - 1, 0, -1):
+        k = d + 1
+        # the largest s with C(s + d, k) <= rest; C(s + d, k) ~ (s + d / 2 + 1 / 2)^k / k!
+        s = max(0, int((rest * math.factorial(k)) ** (1.0 / k)) - d)
+        while math.comb(s + d, k) > rest:
+            s -= 1
+        while math.comb(s + 1 + d, k) <= rest:
+            s += 1
+        sums[d] = s
+        rest -= math.comb(s + d, k)
+    sums[0] = rest
+    return tuple(sums[d] - (sums[d - 1] if d else 0) for d in range(dims))

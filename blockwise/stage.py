@@ -15,33 +15,93 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from funlib.geometry import Coordinate, Roi
 
-from blockwise.geometry import BlockGrid, voxels
+from blockwise.geometry import BlockGrid, cantor_position, voxels
 
 if TYPE_CHECKING:
     from blockwise.config import RunConfig
     from blockwise.run_context import RunContext
 
 
-@dataclass(frozen=True)
 class StageBlock:
-    """One block of one stage, with its ROIs already cut to where they may reach.
+    """One block of one stage, with its ROIs cut to where they may reach.
+
+    A block daisy handed out (:meth:`Tiling.daisy_block`) builds its ROIs when
+    they are first read: a stage that never reads them (a no-op, a stage
+    counting blocks) does not pay for them, and daisy's block id gives the
+    index without them.
 
     Attributes:
         stage: the stage's name.
         index: the block's index in its stage's grid (0 for whole-volume stages).
         read_roi: what the block may read, nm (cut to the stage's read bounds).
         write_roi: what the block writes, nm (cut to the data ROI).
+        level: the octree level, for a stage run by levels.
     """
 
-    stage: str
-    index: int
-    read_roi: Roi
-    write_roi: Roi
-    level: int = 0
+    __slots__ = ("_read_roi", "_resolve", "_write_roi", "index", "level", "stage")
+
+    def __init__(
+        self, stage: str, index: int, read_roi: Roi, write_roi: Roi, level: int = 0
+    ) -> None:
+        self.stage = stage
+        self.index = index
+        self.level = level
+        self._read_roi: Roi | None = read_roi
+        self._write_roi: Roi | None = write_roi
+        self._resolve: Callable[[], tuple[Roi, Roi]] | None = None
+
+    @classmethod
+    def deferred(
+        cls, stage: str, index: int, level: int, resolve: Callable[[], tuple[Roi, Roi]]
+    ) -> StageBlock:
+        """A block whose (read, write) ROIs ``resolve()`` gives when first asked for."""
+        block = cls.__new__(cls)
+        block.stage = stage
+        block.index = index
+        block.level = level
+        block._read_roi = block._write_roi = None
+        block._resolve = resolve
+        return block
+
+    def _rois(self) -> tuple[Roi, Roi]:
+        if self._read_roi is None or self._write_roi is None:
+            if self._resolve is None:  # not reached: set whenever the ROIs are not
+                raise RuntimeError(f"block {self.index} of {self.stage} has no ROIs")
+            self._read_roi, self._write_roi = self._resolve()
+        return self._read_roi, self._write_roi
+
+    @property
+    def read_roi(self) -> Roi:
+        """What the block may read, nm (cut to the stage's read bounds)."""
+        return self._rois()[0]
+
+    @property
+    def write_roi(self) -> Roi:
+        """What the block writes, nm (cut to the data ROI)."""
+        return self._rois()[1]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StageBlock):
+            return NotImplemented
+        return (self.stage, self.index, self.level, self._rois()) == (
+            other.stage,
+            other.index,
+            other.level,
+            other._rois(),
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.stage, self.index, self.level))
+
+    def __repr__(self) -> str:
+        return (
+            f"StageBlock(stage={self.stage!r}, index={self.index}, read_roi={self.read_roi}, "
+            f"write_roi={self.write_roi}, level={self.level})"
+        )
 
 
 @dataclass(frozen=True)
@@ -103,6 +163,42 @@ class Tiling:
                     raise ValueError(f"write ROI {write_roi} is not aligned to the block grid")
                 index = index * g + position
         return StageBlock(stage, index, _clip(read_roi, read_begin, read_end), write, level)
+
+    def daisy_block(self, stage: str, block: Any, level: int = 0) -> StageBlock:
+        """The block daisy handed out (a ``daisy.Block`` of this tiling's task), with its index.
+
+        The index comes from daisy's block id (:func:`~blockwise.geometry.cantor_position`
+        of the block's grid position); the ROIs are built only when read, and
+        then checked against that index.
+
+        Raises:
+            ValueError: if the block id lies outside the grid; on reading the
+                ROIs, if the write ROI is not the block the id names.
+        """
+        grid = self._bounds[5]
+        index = 0
+        if grid is not None:
+            number = block.block_id[1]
+            position = cantor_position(number, len(grid))
+            for p, g in zip(position, grid, strict=True):
+                if p >= g:
+                    raise ValueError(
+                        f"daisy block id {number} is grid position {position}, outside "
+                        f"the grid {grid} of {stage}"
+                    )
+                index = index * g + p
+
+        def resolve() -> tuple[Roi, Roi]:
+            cut = self.block(stage, block.read_roi, block.write_roi, level)
+            if cut.index != index:
+                raise ValueError(
+                    f"daisy block id {block.block_id[1]} names block {index} of {stage}, "
+                    f"but its write ROI {block.write_roi} is block {cut.index}: daisy's "
+                    "block numbering is not the one blockwise expects"
+                )
+            return cut.read_roi, cut.write_roi
+
+        return StageBlock.deferred(stage, index, level, resolve)
 
     @cached_property
     def _bounds(

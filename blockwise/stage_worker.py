@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 from contextlib import ExitStack
+from typing import Any
 
 from funlib.geometry import Roi
 
@@ -62,6 +63,8 @@ class StageWorker:
         #: monotonic seconds when the first block started and the last one ended
         self.first_start: float | None = None
         self.last_end: float | None = None
+        #: whether a block's ROIs were checked against the index daisy's id gave
+        self._checked = False
 
     @property
     def tiling(self) -> Tiling:
@@ -71,11 +74,27 @@ class StageWorker:
         return self._tiling
 
     def process(self, read_roi: Roi, write_roi: Roi) -> None:
+        """Process the block with these ROIs; on failure, record it and re-raise.
+
+        Raises:
+            BlockFailedError, Exception: as :meth:`process_daisy`.
+        """
+        if self.first_start is None:
+            self.first_start = time.monotonic()
+        try:
+            block = self.tiling.block(self._stage_name, read_roi, write_roi, self._level)
+            self._process(block)
+        finally:
+            self.last_end = time.monotonic()
+
+    def process_daisy(self, daisy_block: Any) -> None:
         """Process the block daisy handed out; on failure, record it and re-raise.
 
         What a block costs beyond the stage's own work is kept to a few
         microseconds (no-op blocks are scheduled thousands a second): its
-        index, one lookup of an earlier failure
+        index, from daisy's block id (its ROIs are built only if the stage
+        reads them; a worker's first block always checks them against the
+        index), one lookup of an earlier failure
         (:class:`~blockwise.failures.StageFailures`) and its times, noted in
         memory (:class:`~blockwise.summary.BlockTimeLog`).
 
@@ -87,28 +106,33 @@ class StageWorker:
         if self.first_start is None:
             self.first_start = time.monotonic()
         try:
-            block = self.tiling.block(self._stage_name, read_roi, write_roi, self._level)
-            earlier = self._failures.get(block.index)
-            if earlier is not None and earlier.is_deterministic:
-                # this run already saw the block fail for a reason a retry repeats
-                raise BlockFailedError(
-                    f"{self.name} block {block.index} not retried: {earlier.error}"
-                )
-            started = time.time()
-            try:
-                if self._function is None:
-                    self._function = self._exit.enter_context(self.stage.setup(self.ctx))
-                self._function(block)
-            except Exception as e:
-                error = self._record_failure(block, e)
-                if error is e:
-                    raise
-                raise error from e
-            self._times.record(block.index, started, time.time())
-            if earlier is not None:  # an earlier attempt failed for a passing reason
-                self._failures.clear(block.index)
+            block = self.tiling.daisy_block(self._stage_name, daisy_block, self._level)
+            if not self._checked:
+                _ = block.write_roi  # the index daisy's id gave, checked once per worker
+                self._checked = True
+            self._process(block)
         finally:
             self.last_end = time.monotonic()
+
+    def _process(self, block: StageBlock) -> None:
+        """Run the stage on ``block``; on failure, record it and re-raise."""
+        earlier = self._failures.get(block.index)
+        if earlier is not None and earlier.is_deterministic:
+            # this run already saw the block fail for a reason a retry repeats
+            raise BlockFailedError(f"{self.name} block {block.index} not retried: {earlier.error}")
+        started = time.time()
+        try:
+            if self._function is None:
+                self._function = self._exit.enter_context(self.stage.setup(self.ctx))
+            self._function(block)
+        except Exception as e:
+            error = self._record_failure(block, e)
+            if error is e:
+                raise
+            raise error from e
+        self._times.record(block.index, started, time.time())
+        if earlier is not None:  # an earlier attempt failed for a passing reason
+            self._failures.clear(block.index)
 
     def _record_failure(self, block: StageBlock, error: Exception) -> Exception:
         """Record why ``block`` failed (ROIs, error, traceback); returns the error to raise.

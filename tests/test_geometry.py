@@ -9,7 +9,7 @@ import pytest
 from funlib.geometry import Coordinate, Roi
 
 from blockwise.errors import ConfigError
-from blockwise.geometry import BlockGrid, FragmentIds
+from blockwise.geometry import BlockGrid, FragmentIds, cantor_number, cantor_position
 
 
 def grid() -> BlockGrid:
@@ -89,3 +89,91 @@ def test_tiling_block_cuts_and_indexes_like_funlib() -> None:
         assert (block.index, block.read_roi, block.write_roi) == (0, data, data)
     with pytest.raises(ValueError, match="not aligned"):
         tiling.block("s", data, Roi(data.begin + voxel, block_vx * voxel))
+
+
+def test_cantor_position_inverts_cantor_number() -> None:
+    numbers = set()
+    for position in itertools.product(range(12), repeat=3):
+        number = cantor_number(position)
+        numbers.add(number)
+        assert cantor_position(number, 3) == position
+    assert len(numbers) == 12**3
+    # every number is some position: the first ones in order, and far out
+    assert [cantor_number(cantor_position(n, 3)) for n in range(500)] == list(range(500))
+    for position in [(4000, 3, 7), (0, 0, 10**6), (123456, 654321, 99), (0, 5, 0)]:
+        assert cantor_position(cantor_number(position), 3) == position
+    assert cantor_position(cantor_number((3, 9)), 2) == (3, 9)
+    assert cantor_position(17, 1) == (17,)
+    with pytest.raises(ValueError, match="number >= 0"):
+        cantor_position(-1, 3)
+
+
+def test_daisy_block_ids_give_the_tiling_index() -> None:
+    # the tasks blockwise.tasks builds (total = data grown by the context, fit
+    # "shrink"): daisy's own block ids, read back through Tiling.daisy_block, give
+    # the index and ROIs Tiling.block computes from the ROIs
+    import daisy.v2 as daisy
+
+    from blockwise.stage import Tiling
+
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        voxel = Coordinate(rng.integers(1, 5, size=3).tolist())
+        data = Roi(
+            Coordinate(rng.integers(-5, 5, size=3).tolist()) * voxel,
+            Coordinate(rng.integers(5, 40, size=3).tolist()) * voxel,
+        )
+        block_vx = Coordinate(rng.integers(2, 12, size=3).tolist())
+        context_vx = Coordinate(rng.integers(0, 3, size=3).tolist())
+        tiling = Tiling(data, voxel, block_vx, context_vx)
+        context = tiling.context_nm
+        seen: list[int] = []
+
+        def check(block: daisy.Block, tiling: Tiling = tiling, seen: list[int] = seen) -> None:
+            fast = tiling.daisy_block("s", block, 2)
+            slow = tiling.block("s", block.read_roi, block.write_roi, 2)
+            assert (fast.index, fast.level) == (slow.index, 2)
+            assert (fast.read_roi, fast.write_roi) == (slow.read_roi, slow.write_roi)
+            assert fast == slow
+            seen.append(fast.index)
+
+        block = Roi((0, 0, 0), block_vx * voxel)
+        task = daisy.Task(
+            "s",
+            total_roi=data.grow(context, context),
+            read_roi=block.grow(context, context),
+            write_roi=block,
+            process_function=check,
+            read_write_conflict=False,
+            fit="shrink",
+        )
+        assert daisy.run_blockwise(task, multiprocessing=False, progress=False, summary=False)
+        assert sorted(seen) == list(range(tiling.num_blocks))
+
+
+def test_daisy_block_whose_id_and_rois_disagree_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from blockwise.stage import Tiling
+
+    tiling = Tiling(Roi((0, 0, 0), (40, 40, 40)), Coordinate(1, 1, 1), Coordinate(10, 10, 10))
+    write = Roi((10, 0, 0), (10, 10, 10))  # grid position (1, 0, 0): block 16
+    wrong = SimpleNamespace(
+        block_id=("s", cantor_number((0, 1, 0))), read_roi=write, write_roi=write
+    )
+    block = tiling.daisy_block("s", wrong)
+    assert block.index == 4  # what the id says; the ROIs are not read yet
+    with pytest.raises(ValueError, match="daisy block id 2 names block 4 of s, but its write ROI"):
+        _ = block.read_roi
+    outside = SimpleNamespace(
+        block_id=("s", cantor_number((0, 0, 4))), read_roi=write, write_roi=write
+    )
+    with pytest.raises(ValueError, match=r"grid position \(0, 0, 4\), outside the grid"):
+        tiling.daisy_block("s", outside)
+    right = SimpleNamespace(
+        block_id=("s", cantor_number((1, 0, 0))), read_roi=write, write_roi=write
+    )
+    assert (tiling.daisy_block("s", right).index, tiling.daisy_block("s", right).write_roi) == (
+        16,
+        write,
+    )

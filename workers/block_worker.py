@@ -49,7 +49,7 @@ def serve(config_path: str, stage_name: str) -> int:
                     if block is None:
                         break
                     try:
-                        worker.process(block.read_roi, block.write_roi)
+                        worker.process_daisy(block)
                         done += 1
                     except Exception:
                         # StageWorker recorded the failure (ROI, error, traceback file in

@@ -24,7 +24,7 @@ class InProcessBlock:
 
     def __call__(self, block: Any) -> None:
         try:
-            self.worker.process(block.read_roi, block.write_roi)
+            self.worker.process_daisy(block)
         except Exception:
             block.status = daisy.BlockStatus.FAILED
 
