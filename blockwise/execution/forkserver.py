@@ -66,6 +66,12 @@ class ForkServerError(OSError):
 # -- the server ------------------------------------------------------------------
 
 
+#: what blocks import at their first read, beyond the stage modules: the HDF5 and
+#: fsspec layers of the input readers (h5py's import also runs ``uname -p`` once, for
+#: ``platform.uname()``, whose answer the forked workers then inherit)
+LATE_IMPORTS = ("h5py", "fsspec", "multiprocessing.synchronize")
+
+
 def _preload() -> None:
     """Import what worker programs import, stage modules included (never torch)."""
     from blockwise.execution import WORKER_MODULE
@@ -75,6 +81,9 @@ def _preload() -> None:
     importlib.import_module(WORKER_MODULE)
     for module in STAGE_MODULES.values():
         importlib.import_module(module)
+    for module in LATE_IMPORTS:
+        with contextlib.suppress(ImportError):  # an optional layer that is not installed
+            importlib.import_module(module)
 
 
 def _reap(children: dict[int, socket.socket]) -> None:

@@ -176,3 +176,37 @@ def test_a_server_that_cannot_answer_is_given_up_after_the_request_timeout(
         assert time.monotonic() - start < 10
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
+
+
+def test_the_preload_covers_what_reading_an_hdf5_input_imports(tmp_path: Path) -> None:
+    # a forked worker inherits the server's modules: reading an HDF5 input there must
+    # import nothing more, and h5py's platform query (``uname -p``, a fork of a
+    # large process) must already be answered
+    import h5py
+    import numpy as np
+
+    path = tmp_path / "affs.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("affs", data=np.zeros((3, 8, 8, 8), dtype=np.uint8))
+        f["affs"].attrs["resolution"] = [4, 4, 4]
+    code = textwrap.dedent(
+        f"""
+        import subprocess, sys
+        from blockwise.execution.forkserver import _preload
+        _preload()
+        before = set(sys.modules)
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"a subprocess after the preload: {{args}}")
+        subprocess.Popen.__init__ = refuse
+        import platform
+        platform.uname().processor
+        from blockwise.config import DatasetConfig
+        from blockwise.volume import open_volume
+        volume = open_volume(DatasetConfig(file={str(path)!r}, dataset="affs"))
+        assert volume.array[:, :2, :2, :2].sum() == 0
+        print(sorted(set(sys.modules) - before))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
