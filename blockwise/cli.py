@@ -11,15 +11,21 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blockwise.config import RunConfig, load_config, parse_config
 from blockwise.errors import BlockwiseError
+
+if TYPE_CHECKING:
+    from blockwise.config import RunConfig
+    from blockwise.execution.forkserver import ForkServer
 
 logger = logging.getLogger("blockwise")
 
 
 def _with_overrides(config: RunConfig, workers: int | None) -> RunConfig:
     """``config`` with command-line overrides, validated like the file itself."""
+    from blockwise.config import parse_config
+
     if workers is None:
         return config
     data = config.model_dump(mode="json")
@@ -66,10 +72,43 @@ def _sigterm_as_sigint() -> Iterator[list[int]]:
         os.close(read_fd)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from blockwise.runner import RunInterrupted, run
+def _early_fork_server(args: argparse.Namespace) -> ForkServer | None:
+    """The local profile's fork server, started before the driver's own imports.
 
-    config = _with_overrides(load_config(args.config), args.workers)
+    Its imports (what every worker imports) then overlap the driver's imports,
+    config checks and output preparation instead of following them. Started
+    from a look at the YAML's ``execution.profile`` only; the config is
+    validated afterwards as always, and a run that turns out not to use the
+    server stops it (:func:`blockwise.runner.run`). None when the look finds
+    another profile or cannot read the file (its error comes with the check).
+    """
+    if args.in_process:
+        return None
+    from blockwise.execution import forkserver, start_local_fork_server
+
+    if not forkserver.enabled():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+        profile = (data.get("execution") or {}).get("profile", "local")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return None
+    return start_local_fork_server() if profile == "local" else None
+
+
+def _run(args: argparse.Namespace) -> int:
+    fork_server = _early_fork_server(args)
+    try:
+        from blockwise.config import load_config
+        from blockwise.runner import RunInterrupted, run
+
+        config = _with_overrides(load_config(args.config), args.workers)
+    except BaseException:
+        if fork_server is not None:
+            fork_server.stop(wait_s=0.0)
+        raise
     # SIGTERM stops the run like Ctrl-C: workers are stopped, the summary so far
     # is printed with the command that resumes
     with _sigterm_as_sigint() as signals:
@@ -81,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
                 adopt_store=args.adopt_store,
                 rerun_changed=args.rerun_changed,
                 signals=signals,
+                fork_server=fork_server,
             )
         except KeyboardInterrupt as e:
             if isinstance(e, RunInterrupted):
@@ -103,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _reset(args: argparse.Namespace) -> int:
+    from blockwise.config import load_config
     from blockwise.runner import reset
 
     cleared = reset(load_config(args.config), args.stage)
@@ -114,6 +155,7 @@ def _reset(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from blockwise.config import load_config
     from blockwise.plan import describe_plan, smoke_test
 
     config = load_config(args.config)
@@ -127,6 +169,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from blockwise.config import load_config
     from blockwise.status import describe_status
 
     text = describe_status(load_config(args.config), args.config, verify=args.verify)

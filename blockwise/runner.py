@@ -33,6 +33,7 @@ from blockwise.errors import (
     mount_point,
 )
 from blockwise.execution import open_profile, start_fork_server
+from blockwise.execution.forkserver import ForkServer
 from blockwise.failures import DISK_FULL_PREFIX, BlockFailure
 from blockwise.geometry import voxels
 from blockwise.integrity import TrackingGuard, check_inputs, record_outputs, repair_outputs
@@ -332,6 +333,7 @@ def run(
     adopt_store: bool = False,
     rerun_changed: bool = False,
     signals: Sequence[int] = (),
+    fork_server: ForkServer | None = None,
 ) -> RunResult:
     """Run every stage of ``config`` to completion (or failure).
 
@@ -345,6 +347,10 @@ def run(
         signals: the signals that have reached the driver (the caller's live
             list; SIGTERM is relayed as SIGINT): an interrupted run's summary
             names the first one, SIGINT if it is empty.
+        fork_server: a fork server the caller started already (the command
+            line starts it before its imports); the run owns it from here and
+            stops it, also when the run does not use it. None: the run starts
+            one if it uses one.
 
     Raises:
         RunInterrupted: when Ctrl-C or SIGTERM stopped the run; ``summary.json``
@@ -353,7 +359,8 @@ def run(
     start = time.monotonic()
     lock = DriverLock(RunLayout(config.run_dir).lock_path)
     # the workers' fork server imports what they import while the run is checked
-    fork_server = start_fork_server(config, in_process=not multiprocessing)
+    if fork_server is None:
+        fork_server = start_fork_server(config, in_process=not multiprocessing)
     try:
         with disk_full_as_error(config.run_dir):
             ctx, stages = prepare(config, adopt_store, rerun_changed, lock)

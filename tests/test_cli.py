@@ -172,3 +172,63 @@ def test_driver_killed_mid_run_resumes_to_identical_output(tmp_path: Path, gala:
     killed = json.loads((tmp_path / "killed" / "evaluation.json").read_text())["results"]
     undisturbed = json.loads((tmp_path / "undisturbed" / "evaluation.json").read_text())["results"]
     assert killed == undisturbed
+
+
+def test_the_fork_server_starts_before_the_config_is_checked_for_local_runs_only(
+    tmp_path: Path,
+) -> None:
+    import argparse
+
+    from blockwise.cli import _early_fork_server
+
+    def args(text: str | None, in_process: bool = False) -> argparse.Namespace:
+        path = tmp_path / "run.yaml"
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(text)
+        return argparse.Namespace(config=str(path), in_process=in_process)
+
+    for text in ("name: a\n", "execution: {profile: local}\n", "execution: {num_workers: 2}\n"):
+        server = _early_fork_server(args(text))
+        assert server is not None, text
+        try:
+            assert server.process.poll() is None
+        finally:
+            server.stop(wait_s=0.0)
+        assert server.process.poll() is not None
+    # another profile, no run in worker processes, or a file the check will refuse
+    for case in (
+        args("execution: {profile: slurm}\n"),
+        args("name: a\n", in_process=True),
+        args(None),
+        args("- a list\n"),
+        args("name: [unclosed\n"),
+    ):
+        assert _early_fork_server(case) is None
+
+
+def test_a_config_refused_after_the_fork_server_started_stops_the_server(
+    tmp_path: Path, gala: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # in this (living) process the server would outlive the refusal unless stopped
+    import blockwise.execution as execution
+    from blockwise.cli import main
+
+    started = []
+
+    def start() -> object:
+        server = start_local_fork_server()
+        started.append(server)
+        return server
+
+    start_local_fork_server = execution.start_local_fork_server
+    monkeypatch.setattr(execution, "start_local_fork_server", start)
+    data = gala_config(gala, tmp_path / "run")
+    data["extract_fragments"]["no_such_key"] = 1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path)]) == 2
+    assert len(started) == 1 and started[0] is not None
+    assert started[0].process.wait(timeout=10) is not None
+    assert not (tmp_path / "run").exists()

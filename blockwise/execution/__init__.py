@@ -70,9 +70,16 @@ def start_fork_server(config: RunConfig, in_process: bool = False) -> ForkServer
 
     None when the run does not use one (in-process, slurm, switched off, not Linux).
     """
+    if in_process or config.execution.profile != "local":
+        return None
+    return start_local_fork_server()
+
+
+def start_local_fork_server() -> ForkServer | None:
+    """A fork server for local workers; None where it is switched off or cannot start."""
     from blockwise.execution import forkserver
 
-    if in_process or config.execution.profile != "local" or not forkserver.enabled():
+    if not forkserver.enabled():
         return None
     try:
         return forkserver.ForkServer()
