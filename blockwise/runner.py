@@ -44,7 +44,7 @@ from blockwise.run_context import RunContext
 from blockwise.run_state import clear_stage, find_changes, refusal_message, write_state
 from blockwise.stage import Stage, Tiling, stage_tasks
 from blockwise.stages import active_stages, downstream, stage_hash
-from blockwise.summary import write_summary
+from blockwise.summary import read_block_times, stage_spans, write_summary
 from blockwise.tasks import build_pipeline
 
 logger = logging.getLogger(__name__)
@@ -356,7 +356,7 @@ def run(
         RunInterrupted: when Ctrl-C or SIGTERM stopped the run; ``summary.json``
             is written first.
     """
-    start = time.monotonic()
+    start, started_epoch = time.monotonic(), time.time()
     lock = DriverLock(RunLayout(config.run_dir).lock_path)
     # the workers' fork server imports what they import while the run is checked
     if fork_server is None:
@@ -422,10 +422,11 @@ def run(
         guard.stop()
         profile.teardown(interrupted=interrupted)
         lock.release()
-    # the in-process profile times its stages itself (daisy's serial mode reports
-    # no progress while blocks run)
-    stage_seconds = getattr(profile, "stage_seconds", None)
-    measured: dict[str, float] = stage_seconds() if callable(stage_seconds) else {}
+    # a stage's wall time: from its first block's start to its last block's end, as
+    # the workers logged them (daisy reports progress a few times a second at most,
+    # too coarse for a stage of milliseconds, and not at all in its serial mode)
+    block_times = read_block_times(config.run_dir, since=started_epoch)
+    spans = stage_spans(block_times)
     summaries = []
     messages = []
     for task, tiling in tasks:
@@ -435,15 +436,18 @@ def run(
             continue
         state = states[name]
         skipped = int(state.skipped_count)
+        done = int(state.completed_count) - skipped
+        # no logged block (every one failed or was skipped): daisy's view, if any ran
+        wall_s = spans.get(name, observer.timings[name].wall_s if done else 0.0)
         summaries.append(
             StageSummary(
                 name=name,
                 total=int(state.total_block_count),
-                done=int(state.completed_count) - skipped,
+                done=done,
                 skipped=skipped,
                 failed=int(state.failed_count),
                 blocked=int(state.orphaned_count),
-                wall_s=measured.get(name, observer.timings[name].wall_s),
+                wall_s=wall_s,
                 megavoxels=voxels(tiling.data_roi, tiling.voxel_size) / 1e6,
             )
         )
@@ -465,6 +469,7 @@ def run(
             in_process=not multiprocessing,
             timings=observer.timings,
             interrupted=signals[0] if signals else int(signal.SIGINT),
+            block_times=block_times,
         )
         raise RunInterrupted(stopped)
     for stage, _ in stages:
@@ -479,6 +484,13 @@ def run(
         config.run_dir,
         messages,
     )
-    write_summary(config, result, start, in_process=not multiprocessing, timings=observer.timings)
+    write_summary(
+        config,
+        result,
+        start,
+        in_process=not multiprocessing,
+        timings=observer.timings,
+        block_times=block_times,
+    )
     ctx.close()
     return result

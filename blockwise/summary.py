@@ -179,6 +179,23 @@ def read_block_times(run_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (r["start"], r["stage"], r["block"]))
 
 
+def stage_spans(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Per stage, the seconds from its first block's start to its last block's end.
+
+    Args:
+        records: blocks as :func:`read_block_times` returns them.
+    """
+    spans: dict[str, list[float]] = {}
+    for r in records:
+        span = spans.get(r["stage"])
+        if span is None:
+            spans[r["stage"]] = [r["start"], r["end"]]
+        else:
+            span[0] = min(span[0], r["start"])
+            span[1] = max(span[1], r["end"])
+    return {stage: max(end - start, 0.0) for stage, (start, end) in spans.items()}
+
+
 def _stage_workers(config: RunConfig, name: str, total: int, in_process: bool) -> int:
     """Workers a stage (or one level of a stage run by levels) was given."""
     from blockwise.stages import STAGE_MODULES, get_stage
@@ -215,6 +232,7 @@ def build_summary(
     in_process: bool = False,
     timings: Mapping[str, Any] | None = None,
     interrupted: int | None = None,
+    block_times: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The summary of a run that just ended (see the module docstring).
 
@@ -228,9 +246,13 @@ def build_summary(
             stages without recorded block times.
         interrupted: the signal that stopped the run (SIGINT, SIGTERM), None
             if it ran to its end; its exit code is ``128 + signal``.
+        block_times: the run's blocks as :func:`read_block_times` gives them
+            (None: read here).
     """
     now_monotonic, now = time.monotonic(), time.time()
     started = now - (now_monotonic - started_monotonic)
+    if block_times is None:
+        block_times = read_block_times(config.run_dir, since=started)
     blocks = [
         {
             "stage": r["stage"],
@@ -239,7 +261,7 @@ def build_summary(
             "start_s": r["start"] - started,
             "end_s": r["end"] - started,
         }
-        for r in read_block_times(config.run_dir, since=started)
+        for r in block_times
     ]
     stages = []
     for s in result.stages:
@@ -297,6 +319,7 @@ def write_summary(
     in_process: bool = False,
     timings: Mapping[str, Any] | None = None,
     interrupted: int | None = None,
+    block_times: list[dict[str, Any]] | None = None,
 ) -> Path | None:
     """Write ``RUN_DIR/summary.json`` (atomically) for a run that just ended.
 
@@ -309,7 +332,9 @@ def write_summary(
     path = summary_path(config.run_dir)
     tmp = path.with_suffix(".json.tmp")
     try:
-        summary = build_summary(config, result, started_monotonic, in_process, timings, interrupted)
+        summary = build_summary(
+            config, result, started_monotonic, in_process, timings, interrupted, block_times
+        )
         # no indent: the C encoder (a run of 10^5 blocks lists every one of them)
         tmp.write_text(json.dumps(summary, separators=(",", ":")) + "\n", encoding="utf-8")
         tmp.replace(path)

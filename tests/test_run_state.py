@@ -304,3 +304,29 @@ def test_in_process_runs_report_stage_seconds_and_throughput(tmp_path: Path, gal
     for stage in result.stages:
         assert stage.wall_s > 0, stage
         assert stage.mvox_per_s > 0, stage
+
+
+@pytest.mark.parametrize("multiprocessing", [False, True], ids=["in_process", "local"])
+def test_stage_seconds_are_the_span_of_their_blocks_and_zero_when_skipped(
+    tmp_path: Path, gala: Path, multiprocessing: bool
+) -> None:
+    config = parse_config(gala_data(gala, tmp_path / "run"), "gala")
+    first = run(config, multiprocessing=multiprocessing, progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for stage, row in zip(first.stages, summary["stages"], strict=True):
+        spans = [b for b in summary["blocks"] if b["stage"] == stage.name]
+        span = max(b["end_s"] for b in spans) - min(b["start_s"] for b in spans)
+        # the wall time is the blocks' span (to the summary's rounding of the start)
+        assert stage.wall_s == pytest.approx(span, abs=1e-3), stage
+        assert row["wall_s"] == stage.wall_s and row["end_s"] - row["start_s"] == pytest.approx(
+            span
+        )
+        assert stage.mvox_per_s == pytest.approx(stage.megavoxels / stage.wall_s)
+    again = run(config, multiprocessing=multiprocessing, progress=False)
+    for stage in again.stages:
+        assert (stage.done, stage.skipped, stage.wall_s, stage.mvox_per_s) == (
+            0,
+            stage.total,
+            0.0,
+            0.0,
+        )

@@ -44,14 +44,6 @@ class InProcessProfile:
         self._workers.append(worker)
         return InProcessBlock(worker)
 
-    def stage_seconds(self) -> dict[str, float]:
-        """Seconds from each stage's first block starting to its last block ending."""
-        return {
-            w.name: w.last_end - w.first_start
-            for w in self._workers
-            if w.first_start is not None and w.last_end is not None
-        }
-
     def teardown(self, interrupted: bool = False) -> None:
         """Leave every stage's setup."""
         for worker in self._workers:
