@@ -60,9 +60,6 @@ class StageWorker:
         self._tiling: Tiling | None = None
         self._function: BlockFunction | None = None
         self._exit = ExitStack()
-        #: monotonic seconds when the first block started and the last one ended
-        self.first_start: float | None = None
-        self.last_end: float | None = None
         #: whether a block's ROIs were checked against the index daisy's id gave
         self._checked = False
 
@@ -79,13 +76,7 @@ class StageWorker:
         Raises:
             BlockFailedError, Exception: as :meth:`process_daisy`.
         """
-        if self.first_start is None:
-            self.first_start = time.monotonic()
-        try:
-            block = self.tiling.block(self._stage_name, read_roi, write_roi, self._level)
-            self._process(block)
-        finally:
-            self.last_end = time.monotonic()
+        self._process(self.tiling.block(self._stage_name, read_roi, write_roi, self._level))
 
     def process_daisy(self, daisy_block: Any) -> None:
         """Process the block daisy handed out; on failure, record it and re-raise.
@@ -103,16 +94,11 @@ class StageWorker:
                 reason a retry repeats (a deterministic error).
             Exception: whatever the stage raised, after it was recorded.
         """
-        if self.first_start is None:
-            self.first_start = time.monotonic()
-        try:
-            block = self.tiling.daisy_block(self._stage_name, daisy_block, self._level)
-            if not self._checked:
-                _ = block.write_roi  # the index daisy's id gave, checked once per worker
-                self._checked = True
-            self._process(block)
-        finally:
-            self.last_end = time.monotonic()
+        block = self.tiling.daisy_block(self._stage_name, daisy_block, self._level)
+        if not self._checked:
+            _ = block.write_roi  # the index daisy's id gave, checked once per worker
+            self._checked = True
+        self._process(block)
 
     def _process(self, block: StageBlock) -> None:
         """Run the stage on ``block``; on failure, record it and re-raise."""
