@@ -129,6 +129,11 @@ def reserve_slots(run_dir: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:  # truncated: every slot empty (zero bytes)
             os.posix_fallocate(f.fileno(), 0, SLOTS * SLOT_BYTES)
+        # dated back: a worker trusts what it read of the file only when the read came
+        # well after the file's last change (see _read_slots); a file changed just now
+        # would be read again by every block of the run's first half second
+        changed = os.stat(path).st_mtime_ns - _BACKDATE_NS
+        os.utime(path, ns=(changed, changed))
     except OSError as e:
         path.unlink(missing_ok=True)
         full = as_disk_full(e, path)
@@ -198,6 +203,9 @@ _SLOTS_READ: dict[str, tuple[tuple[int, int, int], float, tuple[BlockFailure, ..
 #: a cached read counts only when it came this long after the file's last change
 #: (file systems stamp modification times with a coarse clock)
 _SLOTS_SETTLED_S = 0.5
+#: how far back a new (empty) slots file is dated: far beyond the settling time, and
+#: before any time a write into it can stamp
+_BACKDATE_NS = 10 * 10**9
 
 
 def _read_slots(path: str) -> tuple[BlockFailure, ...]:

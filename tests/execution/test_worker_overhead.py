@@ -95,19 +95,11 @@ def no_space(path: Path, data: str | bytes) -> None:
     raise DiskFullError(path)
 
 
-def age_slots(run_dir: Path) -> None:
-    """Date the slots file 10 s back, so that a read of it counts as settled (is cached)."""
-    path = run_dir / failures.FAILURES_DIR / "reserved" / failures.SLOTS_FILE
-    past = time.time() - 10
-    os.utime(path, (past, past))
-
-
 def test_a_deterministic_failure_recorded_by_another_worker_is_not_retried(
     run_dir: Path, workers: Callable[[Blocks, str], StageWorker]
 ) -> None:
     blocks = Blocks()
     a, b = workers(blocks, "a"), workers(blocks, "b")
-    age_slots(run_dir)
     process(b, 4)  # b has looked up records (and read the slots) before the failure
     blocks.fail[5] = InputError("NaN in the affinities")
     with pytest.raises(InputError):
@@ -144,7 +136,6 @@ def test_a_failure_in_a_reserved_slot_is_seen_after_the_slots_were_read(
 ) -> None:
     blocks = Blocks()
     a, b = workers(blocks, "a"), workers(blocks, "b")
-    age_slots(run_dir)
     process(b, 2)  # b's read of the empty slots counts: it is cached
     process(b, 3)
 
@@ -182,3 +173,42 @@ def test_stage_failures_answers_for_its_own_stage_only(
     other = failures.StageFailures(run_dir, "other")
     assert other.get(4) == by_key[("other", 4)] and other.get(5) == by_key[("other", 5)]
     assert other.get(3) is None
+
+
+def test_a_new_runs_empty_slots_are_read_once_per_worker(
+    run_dir: Path, workers: Callable[[Blocks, str], StageWorker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the run just reserved its slots: a worker reads them at its first block, not at
+    # every block of the run's first half second (256 KiB each time)
+    slots = os.fspath(run_dir / failures.FAILURES_DIR / "reserved" / failures.SLOTS_FILE)
+    opened: list[str] = []
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(os.fspath(file))
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(failures, "open", counting_open, raising=False)
+    failures._SLOTS_READ.clear()
+    blocks = Blocks()
+    a = workers(blocks, "a")
+    for index in range(20):
+        process(a, index)
+    assert opened.count(slots) == 1
+    # a slot written now is seen at the next lookup (its write changed the file)
+    failures._update_slots(
+        run_dir,
+        "noop",
+        30,
+        failures.BlockFailure(
+            stage="noop",
+            block_index=30,
+            read_roi="r",
+            write_roi="w",
+            error="disk full: x",
+            traceback="",
+            is_deterministic=True,
+        ),
+    )
+    with pytest.raises(BlockFailedError, match="noop block 30 not retried"):
+        process(a, 30)
+    assert time.time() - os.stat(slots).st_mtime < 5  # the write dated it now
