@@ -171,6 +171,11 @@ class Tiling:
         of the block's grid position); the ROIs are built only when read, and
         then checked against that index.
 
+        daisy numbers the position of a block's write ROI in whole blocks from
+        the start of its task's total ROI, which ``blockwise.tasks`` grows by
+        the context: a context of a block or more shifts daisy's positions by
+        ``context // block`` per axis against this tiling's grid.
+
         Raises:
             ValueError: if the block id lies outside the grid; on reading the
                 ROIs, if the write ROI is not the block the id names.
@@ -179,9 +184,12 @@ class Tiling:
         index = 0
         if grid is not None:
             number = block.block_id[1]
-            position = cantor_position(number, len(grid))
+            position = tuple(
+                p - o
+                for p, o in zip(cantor_position(number, len(grid)), self._daisy_shift, strict=True)
+            )
             for p, g in zip(position, grid, strict=True):
-                if p >= g:
+                if not 0 <= p < g:
                     raise ValueError(
                         f"daisy block id {number} is grid position {position}, outside "
                         f"the grid {grid} of {stage}"
@@ -199,6 +207,12 @@ class Tiling:
             return cut.read_roi, cut.write_roi
 
         return StageBlock.deferred(stage, index, level, resolve)
+
+    @cached_property
+    def _daisy_shift(self) -> tuple[int, ...]:
+        """Whole blocks of context per axis: daisy's grid positions minus this grid's."""
+        step = self._bounds[4]
+        return tuple(int(c) // s for c, s in zip(self.context_nm, step, strict=True))
 
     @cached_property
     def _bounds(

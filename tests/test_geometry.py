@@ -117,14 +117,15 @@ def test_daisy_block_ids_give_the_tiling_index() -> None:
     from blockwise.stage import Tiling
 
     rng = np.random.default_rng(11)
-    for _ in range(6):
+    for _ in range(12):
         voxel = Coordinate(rng.integers(1, 5, size=3).tolist())
         data = Roi(
             Coordinate(rng.integers(-5, 5, size=3).tolist()) * voxel,
             Coordinate(rng.integers(5, 40, size=3).tolist()) * voxel,
         )
         block_vx = Coordinate(rng.integers(2, 12, size=3).tolist())
-        context_vx = Coordinate(rng.integers(0, 3, size=3).tolist())
+        # contexts of a block or more too: daisy's positions are shifted by them
+        context_vx = Coordinate(rng.integers(0, 30, size=3).tolist())
         tiling = Tiling(data, voxel, block_vx, context_vx)
         context = tiling.context_nm
         seen: list[int] = []

@@ -330,3 +330,21 @@ def test_stage_seconds_are_the_span_of_their_blocks_and_zero_when_skipped(
             0.0,
             0.0,
         )
+
+
+@pytest.mark.parametrize("multiprocessing", [False, True], ids=["in_process", "local"])
+def test_a_context_of_a_block_or_more_runs_like_any_other(
+    tmp_path: Path, gala: Path, multiprocessing: bool
+) -> None:
+    # agglomerate reads a whole extract_fragments block around its own on z: daisy's
+    # block ids are then shifted against the grid, and the index must follow
+    data = gala_data(
+        gala,
+        tmp_path / "run",
+        extract_fragments={"block_shape_vx": [16, 32, 32]},
+        agglomerate={"context_vx": [16, 8, 8]},
+        segments={"method": "global"},
+    )
+    result = run(parse_config(data, "gala"), multiprocessing=multiprocessing, progress=False)
+    assert result.ok, result.summary()
+    assert all(s.done == s.total and not s.failed for s in result.stages), result.summary()
