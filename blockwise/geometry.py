@@ -177,14 +177,34 @@ def cantor_position(number: int, dims: int) -> tuple[int, ...]:
     sums = [0] * dims
     rest = number
     for d in range(dims - 1, 0, -1):
-        k = d + 1
-        # the largest s with C(s + d, k) <= rest; C(s + d, k) ~ (s + d / 2 + 1 / 2)^k / k!
-        s = max(0, int((rest * math.factorial(k)) ** (1.0 / k)) - d)
-        while math.comb(s + d, k) > rest:
-            s -= 1
-        while math.comb(s + 1 + d, k) <= rest:
-            s += 1
-        sums[d] = s
-        rest -= math.comb(s + d, k)
+        sums[d] = _largest_sum(rest, d)
+        rest -= math.comb(sums[d] + d, d + 1)
     sums[0] = rest
     return tuple(sums[d] - (sums[d - 1] if d else 0) for d in range(dims))
+
+
+def _largest_sum(rest: int, d: int) -> int:
+    """The largest ``s`` >= 0 with ``C(s + d, d + 1) <= rest``.
+
+    Starts from the float estimate (``C(s + d, k)`` is about ``(s + d / 2)^k / k!``)
+    and corrects it exactly: the bracket doubles until it holds the answer, then
+    halves, so numbers beyond float precision cost a few dozen steps, not millions.
+    """
+    k = d + 1
+    if rest == 0:
+        return 0
+    s = max(0, int(math.exp((math.log(rest) + math.lgamma(k + 1)) / k)) - d)
+    low, step = s, 1
+    while low > 0 and math.comb(low + d, k) > rest:
+        low, step = max(0, low - step), step * 2
+    high, step = s + 1, 1
+    while math.comb(high + d, k) <= rest:
+        high, step = high + step, step * 2
+    # C(low + d, k) <= rest < C(high + d, k)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if math.comb(middle + d, k) <= rest:
+            low = middle
+        else:
+            high = middle
+    return low

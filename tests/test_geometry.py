@@ -100,7 +100,15 @@ def test_cantor_position_inverts_cantor_number() -> None:
     assert len(numbers) == 12**3
     # every number is some position: the first ones in order, and far out
     assert [cantor_number(cantor_position(n, 3)) for n in range(500)] == list(range(500))
-    for position in [(4000, 3, 7), (0, 0, 10**6), (123456, 654321, 99), (0, 5, 0)]:
+    for position in [
+        (4000, 3, 7),
+        (0, 0, 10**6),
+        (123456, 654321, 99),
+        (0, 5, 0),
+        # beyond float precision (and float range): exact, in few steps
+        (10**17, 3, 10**16),
+        (7, 10**120, 5),
+    ]:
         assert cantor_position(cantor_number(position), 3) == position
     assert cantor_position(cantor_number((3, 9)), 2) == (3, 9)
     assert cantor_position(17, 1) == (17,)
