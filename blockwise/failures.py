@@ -129,17 +129,22 @@ def reserve_slots(run_dir: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:  # truncated: every slot empty (zero bytes)
             os.posix_fallocate(f.fileno(), 0, SLOTS * SLOT_BYTES)
-        # dated back: a worker trusts what it read of the file only when the read came
-        # well after the file's last change (see _read_slots); a file changed just now
-        # would be read again by every block of the run's first half second
-        changed = os.stat(path).st_mtime_ns - _BACKDATE_NS
-        os.utime(path, ns=(changed, changed))
     except OSError as e:
         path.unlink(missing_ok=True)
         full = as_disk_full(e, path)
         if full is None:
             raise
         raise DiskFullError(path, full.reason) from None
+    # what this process read of an earlier run's file is no answer for this one
+    _SLOTS_READ.pop(os.fspath(path), None)
+    # dated back: a worker trusts what it read of the file only when the read came
+    # well after the file's last change (see _read_slots); a file changed just now
+    # would be read again by every block of the run's first half second
+    try:
+        changed = os.stat(path).st_mtime_ns - _BACKDATE_NS
+        os.utime(path, ns=(changed, changed))
+    except OSError as e:  # a mount that refuses it: the reads only cost more
+        logger.debug("cannot date %s back: %s", path, e)
 
 
 def _update_slots(run_dir: Path, stage: str, block_index: int, record: BlockFailure | None) -> bool:
@@ -199,7 +204,7 @@ def _write_slot(run_dir: Path, record: BlockFailure) -> bool:
 
 
 #: per slots file: (its stat key, when it was read, the records it held)
-_SLOTS_READ: dict[str, tuple[tuple[int, int, int], float, tuple[BlockFailure, ...]]] = {}
+_SLOTS_READ: dict[str, tuple[tuple[int, int, int, int], float, tuple[BlockFailure, ...]]] = {}
 #: a cached read counts only when it came this long after the file's last change
 #: (file systems stamp modification times with a coarse clock)
 _SLOTS_SETTLED_S = 0.5
@@ -220,7 +225,9 @@ def _read_slots(path: str) -> tuple[BlockFailure, ...]:
         st = os.stat(path)
     except FileNotFoundError:
         return ()
-    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    # the change time too: a rewrite that a coarse clock stamps with an earlier
+    # modification time still moves it
+    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     cached = _SLOTS_READ.get(path)
     if cached is not None and cached[0] == key and cached[1] - st.st_mtime > _SLOTS_SETTLED_S:
         return cached[2]

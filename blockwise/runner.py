@@ -438,7 +438,8 @@ def run(
         skipped = int(state.skipped_count)
         done = int(state.completed_count) - skipped
         # no logged block (every one failed or was skipped): daisy's view, if any ran
-        wall_s = spans.get(name, observer.timings[name].wall_s if done else 0.0)
+        ran = done or int(state.failed_count)
+        wall_s = spans.get(name, observer.timings[name].wall_s if ran else 0.0)
         summaries.append(
             StageSummary(
                 name=name,

@@ -62,6 +62,8 @@ class StageWorker:
         self._exit = ExitStack()
         #: whether a block's ROIs were checked against the index daisy's id gave
         self._checked = False
+        #: whether blocks are indexed by daisy's id (False once the id and ROIs disagreed)
+        self._by_id = True
 
     @property
     def tiling(self) -> Tiling:
@@ -85,7 +87,8 @@ class StageWorker:
         microseconds (no-op blocks are scheduled thousands a second): its
         index, from daisy's block id (its ROIs are built only if the stage
         reads them; a worker's first block always checks them against the
-        index), one lookup of an earlier failure
+        index; where they disagree, the worker says so and indexes every later
+        block by its ROIs), one lookup of an earlier failure
         (:class:`~blockwise.failures.StageFailures`) and its times, noted in
         memory (:class:`~blockwise.summary.BlockTimeLog`).
 
@@ -94,10 +97,20 @@ class StageWorker:
                 reason a retry repeats (a deterministic error).
             Exception: whatever the stage raised, after it was recorded.
         """
-        block = self.tiling.daisy_block(self._stage_name, daisy_block, self._level)
-        if not self._checked:
-            _ = block.write_roi  # the index daisy's id gave, checked once per worker
-            self._checked = True
+        if self._by_id:
+            try:
+                block = self.tiling.daisy_block(self._stage_name, daisy_block, self._level)
+                if not self._checked:
+                    _ = block.write_roi  # the index daisy's id gave, checked once per worker
+                    self._checked = True
+            except ValueError as e:
+                # daisy numbers blocks otherwise than expected: the ROIs are the truth
+                logger.warning("%s: %s; indexing blocks by their ROIs from here on", self.name, e)
+                self._by_id = False
+        if not self._by_id:
+            block = self.tiling.block(
+                self._stage_name, daisy_block.read_roi, daisy_block.write_roi, self._level
+            )
         self._process(block)
 
     def _process(self, block: StageBlock) -> None:

@@ -212,3 +212,46 @@ def test_a_new_runs_empty_slots_are_read_once_per_worker(
     with pytest.raises(BlockFailedError, match="noop block 30 not retried"):
         process(a, 30)
     assert time.time() - os.stat(slots).st_mtime < 5  # the write dated it now
+
+
+def test_a_block_id_that_disagrees_with_its_rois_falls_back_to_the_rois(
+    run_dir: Path, workers: Callable[[Blocks, str], StageWorker], caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from blockwise.geometry import cantor_number
+
+    def daisy_block(number: int, index: int) -> Any:
+        roi = block_roi(index)
+        return SimpleNamespace(block_id=("noop", number), read_roi=roi, write_roi=roi)
+
+    blocks = Blocks()
+    a, b = workers(blocks, "a"), workers(blocks, "b")
+    a.process_daisy(daisy_block(cantor_number((1, 2, 3)), 16 + 8 + 3))  # agree: block 27
+    # daisy's id names block 1 (position (0, 0, 1)), the ROIs block 5: the ROIs win, loudly
+    with caplog.at_level("WARNING"):
+        b.process_daisy(daisy_block(cantor_number((0, 0, 1)), 5))
+    assert "daisy block id 1 names block 1 of noop, but its write ROI" in caplog.text
+    assert "indexing blocks by their ROIs from here on" in caplog.text
+    b.process_daisy(daisy_block(cantor_number((0, 0, 0)), 9))  # and from then on
+    assert blocks.calls == [("a", 27), ("b", 5), ("b", 9)]
+
+
+def test_a_new_run_does_not_see_the_slots_an_earlier_run_left_in_this_process(
+    run_dir: Path,
+) -> None:
+    # a process that outlives a run (a notebook, in-process runs) read a record from
+    # the slots; the next run reserves empty slots, and a clock as coarse as the file's
+    # earlier stamp must not make the old read count
+    slots = run_dir / failures.FAILURES_DIR / "reserved" / failures.SLOTS_FILE
+    record = failures.BlockFailure(
+        stage="noop", block_index=7, read_roi="r", write_roi="w", error="disk full: x",
+        traceback="", is_deterministic=True,
+    )  # fmt: skip
+    assert failures._update_slots(run_dir, "noop", 7, record)
+    stamp = os.stat(slots).st_mtime_ns - 10 * 10**9
+    os.utime(slots, ns=(stamp, stamp))  # settled: the read below is cached
+    assert failures.read_failure(run_dir, "noop", 7) == record
+    failures.clear_all(run_dir)  # the next run
+    os.utime(slots, ns=(stamp, stamp))  # a coarse clock gives the same stamp
+    assert failures.read_failure(run_dir, "noop", 7) is None
