@@ -44,15 +44,22 @@ class StageBlock:
 
     __slots__ = ("_read_roi", "_resolve", "_write_roi", "index", "level", "stage")
 
+    stage: str
+    index: int
+    level: int
+    _read_roi: Roi | None
+    _write_roi: Roi | None
+    _resolve: Callable[[], tuple[Roi, Roi]] | None
+
     def __init__(
         self, stage: str, index: int, read_roi: Roi, write_roi: Roi, level: int = 0
     ) -> None:
-        self.stage = stage
-        self.index = index
-        self.level = level
-        self._read_roi: Roi | None = read_roi
-        self._write_roi: Roi | None = write_roi
-        self._resolve: Callable[[], tuple[Roi, Roi]] | None = None
+        _set(self, "stage", stage)
+        _set(self, "index", index)
+        _set(self, "level", level)
+        _set(self, "_read_roi", read_roi)
+        _set(self, "_write_roi", write_roi)
+        _set(self, "_resolve", None)
 
     @classmethod
     def deferred(
@@ -60,18 +67,30 @@ class StageBlock:
     ) -> StageBlock:
         """A block whose (read, write) ROIs ``resolve()`` gives when first asked for."""
         block = cls.__new__(cls)
-        block.stage = stage
-        block.index = index
-        block.level = level
-        block._read_roi = block._write_roi = None
-        block._resolve = resolve
+        _set(block, "stage", stage)
+        _set(block, "index", index)
+        _set(block, "level", level)
+        _set(block, "_read_roi", None)
+        _set(block, "_write_roi", None)
+        _set(block, "_resolve", resolve)
         return block
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"StageBlock is immutable: cannot set {name}")
+
+    def __reduce__(self) -> tuple[type[StageBlock], tuple[str, int, Roi, Roi, int]]:
+        # a deferred block pickles as the plain block it stands for
+        read, write = self._rois()
+        return (StageBlock, (self.stage, self.index, read, write, self.level))
 
     def _rois(self) -> tuple[Roi, Roi]:
         if self._read_roi is None or self._write_roi is None:
             if self._resolve is None:  # not reached: set whenever the ROIs are not
                 raise RuntimeError(f"block {self.index} of {self.stage} has no ROIs")
-            self._read_roi, self._write_roi = self._resolve()
+            read, write = self._resolve()
+            _set(self, "_read_roi", read)
+            _set(self, "_write_roi", write)
+            return read, write
         return self._read_roi, self._write_roi
 
     @property
@@ -102,6 +121,9 @@ class StageBlock:
             f"StageBlock(stage={self.stage!r}, index={self.index}, read_roi={self.read_roi}, "
             f"write_roi={self.write_roi}, level={self.level})"
         )
+
+
+_set = object.__setattr__
 
 
 @dataclass(frozen=True)

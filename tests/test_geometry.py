@@ -186,3 +186,30 @@ def test_daisy_block_whose_id_and_rois_disagree_is_refused() -> None:
         16,
         write,
     )
+
+
+def test_a_stage_block_is_immutable_and_pickles_resolved() -> None:
+    import pickle
+
+    from blockwise.stage import StageBlock
+
+    calls = []
+    read, write = Roi((0, 0, 0), (12, 12, 12)), Roi((2, 2, 2), (8, 8, 8))
+
+    def resolve() -> tuple[Roi, Roi]:
+        calls.append(1)
+        return read, write
+
+    block = StageBlock.deferred("s", 3, 1, resolve)
+    with pytest.raises(AttributeError, match="immutable"):
+        block.index = 5  # type: ignore[misc]
+    copy = pickle.loads(pickle.dumps(block))
+    assert (copy.stage, copy.index, copy.level, copy.read_roi, copy.write_roi) == (
+        "s",
+        3,
+        1,
+        read,
+        write,
+    )
+    assert copy == block == StageBlock("s", 3, read, write, 1) and hash(copy) == hash(block)
+    assert len(calls) == 1  # resolved once, for the pickle
