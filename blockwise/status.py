@@ -9,6 +9,7 @@ graph store.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from blockwise.config import RunConfig
@@ -18,6 +19,7 @@ from blockwise.run_context import RunContext
 from blockwise.run_state import blocks_done, find_changes
 from blockwise.stage import stage_tasks
 from blockwise.stages import active_stages
+from blockwise.summary import summary_path
 
 
 def describe_status(
@@ -40,7 +42,9 @@ def describe_status(
     failed_per_stage: dict[str, int] = {}
     for f in failures:
         failed_per_stage[f.stage] = failed_per_stage.get(f.stage, 0) + 1
-    lines.append(f"{'stage':<18}{'blocks':>8}{'done':>8}{'failed':>8}{'pending':>9}")
+    running = is_locked(layout.lock_path)
+    blocked_in_last_run = {} if running else _blocked_in_last_run(config.run_dir)
+    lines.append(f"{'stage':<18}{'blocks':>8}{'done':>8}{'failed':>8}{'blocked':>9}{'pending':>9}")
     complete = True
     for stage in stages:
         for task in stage_tasks(ctx, stage):
@@ -50,12 +54,16 @@ def describe_status(
                 tracking = tracking / f"level_{task.level}"
             done = blocks_done(tracking)
             failed = failed_per_stage.get(task.name, 0)
+            left = max(total - done - failed, 0)
+            blocked = min(blocked_in_last_run.get(task.name, 0), left)
             complete &= done >= total
             lines.append(
-                f"{task.name:<18}{total:>8}{done:>8}{failed:>8}{max(total - done - failed, 0):>9}"
+                f"{task.name:<18}{total:>8}{done:>8}{failed:>8}{blocked:>9}{left - blocked:>9}"
             )
+    if any(blocked_in_last_run.values()):
+        lines.append("blocked: not run in the last run, as a block they need failed upstream")
     command = f"blockwise run {config_path or '<config>'}"
-    if is_locked(layout.lock_path):
+    if running:
         lines.append(f"a driver is running now: {holder(layout.lock_path)}")
     elif not complete:
         lines.append(f"interrupted or unfinished; resume with: {command}")
@@ -77,10 +85,25 @@ def describe_status(
     lines.append(
         f"graph store {store.uri}: {store.count_nodes()} nodes, {store.count_edges()} edges"
     )
+    from blockwise.execution.slurm import describe_jobs
+
+    lines += describe_jobs(config.run_dir)
     if verify:
         from blockwise.integrity import describe_verification
 
-        running = is_locked(layout.lock_path)
         lines.append(describe_verification(ctx, stages, command, remember=not running))
     ctx.close()
     return "\n".join(lines)
+
+
+def _blocked_in_last_run(run_dir: Path) -> dict[str, int]:
+    """Per stage, the blocks the last run could not run because an upstream block failed.
+
+    From ``RUN_DIR/summary.json`` (the last run's end); empty when there is none
+    or it cannot be read.
+    """
+    try:
+        summary = json.loads(summary_path(run_dir).read_text(encoding="utf-8"))
+        return {str(s["name"]): int(s.get("blocked", 0)) for s in summary["stages"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}

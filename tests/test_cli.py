@@ -87,6 +87,18 @@ def test_failed_block_exits_nonzero_listing_it(tmp_path: Path) -> None:
         (tmp_path / "run" / "failures" / "extract_fragments" / "block_1.json").read_text()
     )
     assert "NaN" in record["traceback"]
+    # status: the failed block, and the downstream blocks that could not run for it
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    blocked = {row["name"]: row["blocked"] for row in summary["stages"]}
+    assert blocked["agglomerate"] > 0
+    status = blockwise("status", str(path), timeout=120)
+    assert status.returncode == 0, status.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[2:9]}
+    assert rows["extract_fragments"][2] == "1"  # failed
+    for name, count in blocked.items():
+        if name in rows and count:
+            assert int(rows[name][3]) == count, (name, status.stdout)  # blocked
+    assert "blocked: not run in the last run, as a block they need failed upstream" in status.stdout
 
 
 def test_status_and_a_store_of_another_run(tmp_path: Path, gala: Path) -> None:

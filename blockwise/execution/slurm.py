@@ -353,6 +353,42 @@ class JobLedger:
             write_json(self.path, data)
 
 
+def describe_jobs(run_dir: Path) -> list[str]:
+    """Lines for ``blockwise status``: the run's SLURM jobs and the states of their tasks.
+
+    Empty when the run never submitted a job. Tasks ``squeue`` no longer lists
+    (finished longer than the cluster's ``MinJobAge`` ago) are counted as such;
+    where ``squeue`` cannot answer, the jobs are listed with the reason.
+    """
+    jobs = JobLedger(run_dir / JOBS_FILE).jobs()
+    if not jobs:
+        return []
+    try:
+        states: dict[str, str] | None = queue_states(sorted({str(j["job_id"]) for j in jobs}))
+        unknown = ""
+    except SlurmError as e:
+        states, unknown = None, str(e)
+    lines = [f"SLURM jobs of this run ({len(jobs)}, recorded in {run_dir / JOBS_FILE}):"]
+    for job in jobs:
+        job_id, tasks = str(job["job_id"]), int(job["tasks"])
+        submitted = job.get("submitted_at", "?")
+        head = f"  {job['stage']}: array job {job_id}, {tasks} task(s), submitted {submitted}"
+        if states is None:
+            lines.append(f"{head}: states unknown")
+            continue
+        counts: dict[str, int] = {}
+        for task, state in states.items():
+            if task.split("_", 1)[0] == job_id:
+                counts[state] = counts.get(state, 0) + 1
+        listed = sum(counts.values())
+        if listed < tasks:
+            counts["no longer listed (ended)"] = tasks - listed
+        lines.append(f"{head}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    if states is None:
+        lines.append(f"  (squeue could not answer: {unknown})")
+    return lines
+
+
 def cancel_jobs(jobs: list[dict[str, Any]], why: str, state: str | None = None) -> list[str]:
     """``scancel`` the given ledger jobs that SLURM still lists under their recorded name.
 

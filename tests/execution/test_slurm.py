@@ -263,6 +263,31 @@ def test_sbatch_missing_from_path_is_a_clear_error(
     assert not (tmp_path / "nopath").exists()
 
 
+def test_status_lists_the_jobs_even_where_squeue_cannot_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blockwise.execution.slurm import JOBS_FILE, describe_jobs
+
+    assert describe_jobs(tmp_path) == []  # never submitted: nothing to say
+    entry = {
+        "job_id": "4242",
+        "stage": "agglomerate",
+        "session": "s",
+        "name": "blockwise-x-agglomerate",
+        "tasks": 3,
+        "submitted_at": "2026-11-30T12:00:00.000+00:00",
+    }
+    (tmp_path / JOBS_FILE).write_text(json.dumps({"jobs": [entry]}))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))
+    lines = describe_jobs(tmp_path)
+    assert lines[0].startswith("SLURM jobs of this run (1, recorded in")
+    assert lines[1] == (
+        "  agglomerate: array job 4242, 3 task(s), submitted 2026-11-30T12:00:00.000+00:00: "
+        "states unknown"
+    )
+    assert "squeue could not answer" in lines[2]
+
+
 # --------------------------------------------------------------------------- on the cluster
 
 
@@ -482,6 +507,17 @@ def test_pipeline_runs_one_array_per_stage_and_matches_the_local_run(
 
     # the same run with worker processes on this machine writes the same bytes
     assert_same_outputs(config.run_dir, local_reference)
+
+    # status lists the run's jobs with the states SLURM gives their tasks
+    from blockwise.status import describe_status
+
+    text = describe_status(config)
+    assert f"SLURM jobs of this run ({len(jobs)}, recorded in" in text
+    for job in jobs:
+        head = f"  {job['stage']}: array job {job['job_id']}, {job['tasks']} task(s)"
+        line = next(row for row in text.splitlines() if row.startswith(head))
+        counted = sum(int(part.split()[0]) for part in line.split(": ")[-1].split(", "))
+        assert counted == job["tasks"], line
 
 
 def wait_for_blocks(
