@@ -471,6 +471,21 @@ class SlurmConfig(SlurmStageResources):
         return SlurmStageResources(**merged)
 
 
+class StageExecution(Model):
+    """How one stage's blocks are run, where it differs from ``execution``'s defaults.
+
+    Every key left unset takes the value ``execution`` sets for all stages.
+    """
+
+    num_workers: int | None = Field(default=None, ge=1, description="workers for this stage")
+    block_timeout_s: float | None = Field(
+        default=None, gt=0, description="seconds a block of this stage may take"
+    )
+    max_retries: int | None = Field(
+        default=None, ge=0, description="attempts after the first for a failing block"
+    )
+
+
 class ExecutionConfig(Model):
     """How blocks are run.
 
@@ -492,6 +507,31 @@ class ExecutionConfig(Model):
     slurm: SlurmConfig = Field(
         default=SlurmConfig(), description="the slurm profile's settings (read when profile: slurm)"
     )
+    stages: dict[str, StageExecution] = Field(
+        default={},
+        description="per-stage num_workers, block_timeout_s and max_retries, keyed by stage "
+        "name (e.g. {predict: {block_timeout_s: 3600}}); keys left out take the values above",
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages: dict[str, StageExecution]) -> dict[str, StageExecution]:
+        from blockwise.stages import STAGE_MODULES
+
+        unknown = sorted(set(stages) - set(STAGE_MODULES))
+        if unknown:
+            raise ValueError(
+                f"unknown stage(s) {unknown}; expected stage names among {list(STAGE_MODULES)}"
+            )
+        return stages
+
+    @property
+    def longest_block_timeout_s(self) -> float:
+        """The largest block timeout of any stage (a watcher that cannot tell stages apart)."""
+        return max(
+            [self.block_timeout_s]
+            + [s.block_timeout_s for s in self.stages.values() if s.block_timeout_s is not None]
+        )
 
 
 class RunConfig(Model):

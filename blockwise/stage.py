@@ -303,6 +303,36 @@ class Resources:
     num_workers: int | None = None
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How a stage's blocks run: its workers, block timeout and retries, resolved.
+
+    Attributes:
+        num_workers: workers (``execution.stages.<stage>.num_workers``, else the
+            stage's own resources, else ``execution.num_workers``).
+        block_timeout_s: seconds a block may take.
+        max_retries: attempts after the first for a failing block.
+    """
+
+    num_workers: int
+    block_timeout_s: float
+    max_retries: int
+
+
+def stage_execution(config: RunConfig, stage: Stage) -> Execution:
+    """How ``stage``'s blocks run under ``config`` (``execution`` with its per-stage keys)."""
+    execution = config.execution
+    own = execution.stages.get(stage.name)
+    workers = own.num_workers if own is not None else None
+    timeout = own.block_timeout_s if own is not None else None
+    retries = own.max_retries if own is not None else None
+    return Execution(
+        num_workers=workers or stage.resources(config).num_workers or execution.num_workers,
+        block_timeout_s=timeout if timeout is not None else execution.block_timeout_s,
+        max_retries=retries if retries is not None else execution.max_retries,
+    )
+
+
 BlockFunction = Callable[[StageBlock], None]
 Setup = Callable[["RunContext"], AbstractContextManager[BlockFunction]]
 

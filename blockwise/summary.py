@@ -198,15 +198,15 @@ def stage_spans(records: list[dict[str, Any]]) -> dict[str, float]:
 
 def _stage_workers(config: RunConfig, name: str, total: int, in_process: bool) -> int:
     """Workers a stage (or one level of a stage run by levels) was given."""
+    from blockwise.stage import stage_execution
     from blockwise.stages import STAGE_MODULES, get_stage
 
     if in_process or total <= 1:
         return 1
     base = name if name in STAGE_MODULES else name.rpartition("_level_")[0]
-    configured = config.execution.num_workers
     if base in STAGE_MODULES:
-        configured = get_stage(base).resources(config).num_workers or configured
-    return int(configured)
+        return stage_execution(config, get_stage(base)).num_workers
+    return int(config.execution.num_workers)
 
 
 def _iso(epoch: float) -> str:

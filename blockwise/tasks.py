@@ -19,7 +19,7 @@ from funlib.geometry import Coordinate, Roi
 
 from blockwise.execution import ExecutionProfile
 from blockwise.run_context import RunContext
-from blockwise.stage import Stage, StageTask, stage_tasks
+from blockwise.stage import Stage, StageTask, stage_execution, stage_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +44,14 @@ def build_task(
     cfg = ctx.config
     stage = task.stage
     tiling = task.tiling(ctx)
-    workers = stage.resources(cfg).num_workers or cfg.execution.num_workers
+    execution = stage_execution(cfg, stage)
+    workers = execution.num_workers
     common = {
         "process_function": function,
         "read_write_conflict": False,
-        "max_retries": cfg.execution.max_retries,
+        "max_retries": execution.max_retries,
         "max_worker_restarts": cfg.execution.max_worker_restarts,
-        "timeout": cfg.execution.block_timeout_s,
+        "timeout": execution.block_timeout_s,
         "tracking_path": str(tracking_path(ctx, task)),
     }
     if tiling.block_shape_vx is None:

@@ -107,3 +107,56 @@ def test_dump_round_trip(tmp_path: Path) -> None:
     config.dump(path)
     assert load_config(path) == config
     assert yaml.safe_load(path.read_text())["run_dir"] == "/tmp/blockwise-test-run"
+
+
+def test_per_stage_workers_timeouts_and_retries(tmp_path: Path, gala: Path) -> None:
+    from gala import gala_data
+
+    from blockwise.execution.local import LocalProfile
+    from blockwise.run_context import RunContext
+    from blockwise.stage import StageTask, stage_execution
+    from blockwise.stages import get_stage
+    from blockwise.tasks import build_task
+
+    with pytest.raises(ConfigError, match=r"unknown stage\(s\) \['agglomerat'\]"):
+        parse_config(minimal(execution={"stages": {"agglomerat": {"num_workers": 2}}}))
+    with pytest.raises(ConfigError, match=r"execution.stages.relabel.block_timeout_s"):
+        parse_config(minimal(execution={"stages": {"relabel": {"block_timeout_s": 0}}}))
+
+    execution = {
+        "num_workers": 2,
+        "block_timeout_s": 60,
+        "max_retries": 1,
+        "stages": {
+            "agglomerate": {"num_workers": 3, "block_timeout_s": 7200},
+            "relabel": {"max_retries": 4},
+        },
+    }
+    config = parse_config(gala_data(gala, tmp_path / "run", execution=execution), "gala")
+    assert config.execution.longest_block_timeout_s == 7200
+    ctx = RunContext(config)
+    expected = {
+        "extract_fragments": (2, 60.0, 1),
+        "agglomerate": (3, 7200.0, 1),
+        "relabel": (2, 60.0, 4),
+    }
+    for name, (workers, timeout, retries) in expected.items():
+        stage = get_stage(name)
+        settings = stage_execution(config, stage)
+        assert (settings.num_workers, settings.block_timeout_s, settings.max_retries) == (
+            workers,
+            timeout,
+            retries,
+        )
+        # the daisy task and the local profile's worker watch take them
+        task = build_task(ctx, stage, lambda block: None)
+        assert (task.max_workers, task.timeout_secs, task.max_retries) == (
+            workers,
+            timeout,
+            retries,
+        )
+        profile = LocalProfile(tmp_path / "config.yaml", stuck_after_s=7200)
+        try:
+            assert profile.process_function(ctx, StageTask(stage)).stuck_after_s == timeout
+        finally:
+            profile.teardown()

@@ -115,4 +115,6 @@ def open_profile(
         return SlurmProfile(ctx)
     from blockwise.execution.local import LocalProfile
 
-    return LocalProfile(ctx.layout.config_path, fork_server, ctx.config.execution.block_timeout_s)
+    return LocalProfile(
+        ctx.layout.config_path, fork_server, ctx.config.execution.longest_block_timeout_s
+    )

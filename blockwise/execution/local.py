@@ -389,8 +389,10 @@ class LocalProfile:
 
     def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
         """A worker-starting function; GPU stages spread their workers over the GPUs."""
+        from blockwise.stage import stage_execution
+
         gpus = visible_gpus() if task.stage.resources(ctx.config).gpus else ()
-        timeout_s = ctx.config.execution.block_timeout_s
+        timeout_s = stage_execution(ctx.config, task.stage).block_timeout_s
         return LocalWorker(str(self.config_path), task.name, gpus, timeout_s)
 
     def teardown(self, interrupted: bool = False) -> None:

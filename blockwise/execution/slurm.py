@@ -946,8 +946,9 @@ class SlurmProfile:
         tiling = task.tiling(ctx)
         if tiling.is_whole:
             return 1
-        stage = task.stage
-        workers = stage.resources(ctx.config).num_workers or ctx.config.execution.num_workers
+        from blockwise.stage import stage_execution
+
+        workers = stage_execution(ctx.config, task.stage).num_workers
         return max(1, min(workers, tiling.num_blocks))
 
     def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
