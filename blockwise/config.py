@@ -375,6 +375,18 @@ _SLURM_TIME = r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2}|UNL
 _SLURM_MEMORY = r"^[1-9]\d*[KMGT]?$"
 
 
+def _check_stage_names(stages: dict[str, Any]) -> dict[str, Any]:
+    """A ``stages`` mapping's keys must name stages (a pydantic validator of both uses)."""
+    from blockwise.stages import STAGE_MODULES
+
+    unknown = sorted(set(stages) - set(STAGE_MODULES))
+    if unknown:
+        raise ValueError(
+            f"unknown stage(s) {unknown}; expected stage names among {list(STAGE_MODULES)}"
+        )
+    return stages
+
+
 class SlurmStageResources(Model):
     """What each SLURM array task of a stage asks for (one task is one worker).
 
@@ -445,19 +457,7 @@ class SlurmConfig(SlurmStageResources):
         "the driver's machine (a single-node cluster); use a mongodb:// store otherwise",
     )
 
-    @field_validator("stages")
-    @classmethod
-    def _known_stages(
-        cls, stages: dict[str, SlurmStageResources]
-    ) -> dict[str, SlurmStageResources]:
-        from blockwise.stages import STAGE_MODULES
-
-        unknown = sorted(set(stages) - set(STAGE_MODULES))
-        if unknown:
-            raise ValueError(
-                f"unknown stage(s) {unknown}; expected stage names among {list(STAGE_MODULES)}"
-            )
-        return stages
+    _known_stages = field_validator("stages")(_check_stage_names)
 
     def for_stage(self, stage: str) -> SlurmStageResources:
         """The resources of ``stage``: the defaults, with the stage's overrides applied."""
@@ -513,17 +513,7 @@ class ExecutionConfig(Model):
         "name (e.g. {predict: {block_timeout_s: 3600}}); keys left out take the values above",
     )
 
-    @field_validator("stages")
-    @classmethod
-    def _known_stages(cls, stages: dict[str, StageExecution]) -> dict[str, StageExecution]:
-        from blockwise.stages import STAGE_MODULES
-
-        unknown = sorted(set(stages) - set(STAGE_MODULES))
-        if unknown:
-            raise ValueError(
-                f"unknown stage(s) {unknown}; expected stage names among {list(STAGE_MODULES)}"
-            )
-        return stages
+    _known_stages = field_validator("stages")(_check_stage_names)
 
     @property
     def longest_block_timeout_s(self) -> float:
