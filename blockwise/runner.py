@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import daisy.v2 as daisy
 from daisy import logging as daisy_logging
@@ -33,7 +33,6 @@ from blockwise.errors import (
     mount_point,
 )
 from blockwise.execution import open_profile, start_fork_server
-from blockwise.execution.forkserver import ForkServer
 from blockwise.failures import DISK_FULL_PREFIX, BlockFailure
 from blockwise.geometry import voxels
 from blockwise.integrity import TrackingGuard, check_inputs, record_outputs, repair_outputs
@@ -44,8 +43,11 @@ from blockwise.run_context import RunContext
 from blockwise.run_state import clear_stage, find_changes, refusal_message, write_state
 from blockwise.stage import Stage, Tiling, stage_tasks
 from blockwise.stages import active_stages, downstream, stage_hash
-from blockwise.summary import read_block_times, stage_spans, write_summary
+from blockwise.summary import read_block_times, stage_bounds, write_summary
 from blockwise.tasks import build_pipeline
+
+if TYPE_CHECKING:
+    from blockwise.execution.forkserver import ForkServer
 
 logger = logging.getLogger(__name__)
 
@@ -426,7 +428,9 @@ def run(
     # the workers logged them (daisy reports progress a few times a second at most,
     # too coarse for a stage of milliseconds, and not at all in its serial mode)
     block_times = read_block_times(config.run_dir, since=started_epoch)
-    spans = stage_spans(block_times)
+    spans = {
+        name: max(last - first, 0.0) for name, (first, last) in stage_bounds(block_times).items()
+    }
     summaries = []
     messages = []
     for task, tiling in tasks:

@@ -179,21 +179,17 @@ def read_block_times(run_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (r["start"], r["stage"], r["block"]))
 
 
-def stage_spans(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Per stage, the seconds from its first block's start to its last block's end.
+def stage_bounds(records: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Per stage, when its first block started and its last block ended (epoch seconds).
 
     Args:
         records: blocks as :func:`read_block_times` returns them.
     """
-    spans: dict[str, list[float]] = {}
+    bounds: dict[str, tuple[float, float]] = {}
     for r in records:
-        span = spans.get(r["stage"])
-        if span is None:
-            spans[r["stage"]] = [r["start"], r["end"]]
-        else:
-            span[0] = min(span[0], r["start"])
-            span[1] = max(span[1], r["end"])
-    return {stage: max(end - start, 0.0) for stage, (start, end) in spans.items()}
+        start, end = bounds.get(r["stage"], (r["start"], r["end"]))
+        bounds[r["stage"]] = (min(start, r["start"]), max(end, r["end"]))
+    return bounds
 
 
 def _stage_workers(config: RunConfig, name: str, total: int, in_process: bool) -> int:
@@ -263,14 +259,14 @@ def build_summary(
         }
         for r in block_times
     ]
+    bounds = stage_bounds(block_times)
     stages = []
     for s in result.stages:
-        own = [b for b in blocks if b["stage"] == s.name]
         start_s: float | None = None
         end_s: float | None = None
-        if own:
-            start_s = min(b["start_s"] for b in own)
-            end_s = max(b["end_s"] for b in own)
+        if s.name in bounds:
+            first, last = bounds[s.name]
+            start_s, end_s = first - started, last - started
         elif timings is not None and s.name in timings:
             timing = timings[s.name]
             if getattr(timing, "start", None) is not None and s.done:
