@@ -54,12 +54,7 @@ class StageBlock:
     def __init__(
         self, stage: str, index: int, read_roi: Roi, write_roi: Roi, level: int = 0
     ) -> None:
-        _set(self, "stage", stage)
-        _set(self, "index", index)
-        _set(self, "level", level)
-        _set(self, "_read_roi", read_roi)
-        _set(self, "_write_roi", write_roi)
-        _set(self, "_resolve", None)
+        self._fill(stage, index, level, read_roi, write_roi, None)
 
     @classmethod
     def deferred(
@@ -67,13 +62,24 @@ class StageBlock:
     ) -> StageBlock:
         """A block whose (read, write) ROIs ``resolve()`` gives when first asked for."""
         block = cls.__new__(cls)
-        _set(block, "stage", stage)
-        _set(block, "index", index)
-        _set(block, "level", level)
-        _set(block, "_read_roi", None)
-        _set(block, "_write_roi", None)
-        _set(block, "_resolve", resolve)
+        block._fill(stage, index, level, None, None, resolve)
         return block
+
+    def _fill(
+        self,
+        stage: str,
+        index: int,
+        level: int,
+        read_roi: Roi | None,
+        write_roi: Roi | None,
+        resolve: Callable[[], tuple[Roi, Roi]] | None,
+    ) -> None:
+        _set(self, "stage", stage)
+        _set(self, "index", index)
+        _set(self, "level", level)
+        _set(self, "_read_roi", read_roi)
+        _set(self, "_write_roi", write_roi)
+        _set(self, "_resolve", resolve)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"StageBlock is immutable: cannot set {name}")
