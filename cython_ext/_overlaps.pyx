@@ -14,18 +14,9 @@ from libc.stdint cimport uint64_t
 from libcpp.algorithm cimport lower_bound
 from libcpp.vector cimport vector
 
+from pair_runs cimport Run, extend, flush, sum_by_pair
+
 import numpy as np
-
-
-cdef extern from "pair_runs.hpp" namespace "blockwise::pair_runs" nogil:
-    cdef struct Run:
-        uint64_t a
-        uint64_t b
-        uint64_t sum
-        uint64_t count
-    void flush(vector[Run]& runs, Run& run)
-    void extend(vector[Run]& runs, Run& run, uint64_t a, uint64_t b, uint64_t value)
-    void sum_by_pair(vector[Run]& runs)
 
 
 def dominant_labels(const uint64_t[:, :, :] fragments not None,
