@@ -15,20 +15,26 @@ order depends on the layout of a binary heap, so the heap below moves elements
 exactly as scikit-image's heap does.
 
 Once the last seed has left the queue every key in it is unique (ages differ), so
-any exact priority queue pops in the same order. The kernel then hands the queue
-over to a radix queue on the value alone, whose buckets keep push order (see
-``_flood``): appends and sequential scans instead of heap sifts, which matters
-because the flood visits the volume in value order, not memory order.
+any exact priority queue pops in the same order, and the kernel hands the queue
+over to one whose buckets keep push order: appends and sequential scans instead
+of heap sifts. When the volume holds at most ``MAX_LEVELS`` distinct values
+(affinities stored as uint8 give about a thousand) the values are replaced by
+their ranks first and the queue is one FIFO per rank (``_drain_levels``);
+otherwise it is a radix queue on the value (``_drain_radix``).
 
 Voxels live in a volume padded by one voxel on every side whose padding is never
 flooded, so neighbours need no bounds checks; voxel indices and ages are 32 bits.
-While the flood runs, the output array itself holds the number of the seed that
-reached each voxel (queue entries carry the voxel's index in both volumes), so
-the kernel needs 4 bytes per padded voxel beside its queue.
+Each padded voxel holds its key and the number of the seed that reached it side
+by side (8 bytes), so the check of a neighbour and its labelling touch one cache
+line; queue entries carry their seed number, so a pop reads no other array.
+The flood visits the volume in value order, not memory order: its cost is cache
+misses, which the queues hide by prefetching the neighbourhoods of entries a few
+places ahead.
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+from libcpp.algorithm cimport sort
 from libcpp.vector cimport vector
 
 
@@ -58,23 +64,45 @@ cdef extern from *:
     int _bit_length "blockwise_bit_length"(uint32_t bits) noexcept nogil
 
 
+cdef struct _Voxel:
+    # order key (or rank) of the voxel while it may still be flooded; 0 once it is
+    # queued, and for voxels never flooded (outside the mask, padding, seeds)
+    uint32_t key
+    # 1-based number of the seed that reached the voxel; 0 until then
+    uint32_t seed
+
+
 cdef struct _Item:
-    # bits 63..32: order-preserving image of the (clamped) float32 value; bits 31..0: age
+    # bits 63..32: the (clamped) key; bits 31..0: age
     uint64_t key
-    # index into the padded volume
     uint32_t voxel
-    # index into the unpadded volume (C order)
-    uint32_t place
+    uint32_t seed
 
 
 cdef struct _Entry:
-    # an item of the phase-2 queue, which needs no age: buckets keep push order
+    # an item of the radix queue, which needs no age: buckets keep push order
     uint32_t value
     uint32_t voxel
-    uint32_t place
+    uint32_t seed
+
+
+cdef struct _Queued:
+    # an item of the FIFO of one rank, which is its value
+    uint32_t voxel
+    uint32_t seed
 
 
 cdef uint64_t _AGE_MASK = 0xFFFFFFFFU
+
+# With at most this many distinct values the flood ranks them and queues one
+# FIFO per rank (a header of 24 bytes each); with more it queues by value in a
+# radix queue.
+MAX_LEVELS = 1 << 16
+
+# entries ahead of the one being popped whose neighbourhoods are prefetched
+cdef size_t _AHEAD = 8
+
+cdef size_t _COMPACT_AFTER = 1 << 16
 
 
 cdef inline uint32_t _order_key(float value) noexcept nogil:
@@ -138,120 +166,179 @@ cdef inline _Item _heap_pop(vector[_Item]& heap) noexcept nogil:
     return top
 
 
-cdef size_t _COMPACT_AFTER = 1 << 16
+ctypedef fused _Queueable:
+    _Entry
+    _Queued
 
 
-cdef inline void _release(vector[_Entry]& bucket) noexcept nogil:
+cdef inline void _compact(vector[_Queueable]& bucket) noexcept nogil:
     """Empty ``bucket``; give its memory back unless it is small.
 
     A bucket that has been emptied is refilled only later, and often much less:
     keeping the capacities of all buckets would hold memory for more entries than
     are ever queued at once.
     """
-    cdef vector[_Entry] empty
+    cdef vector[_Queueable] empty
     if bucket.capacity() > _COMPACT_AFTER:
         bucket.swap(empty)
     else:
         bucket.clear()
 
 
-cdef inline void _prefetch_neighbourhood(const uint32_t* keys, uint32_t voxel,
+cdef inline void _prefetch_neighbourhood(const _Voxel* voxels, uint32_t voxel,
                                          Py_ssize_t row, Py_ssize_t plane) noexcept nogil:
-    _prefetch(keys + voxel - plane)
-    _prefetch(keys + voxel - row)
-    _prefetch(keys + voxel)
-    _prefetch(keys + voxel + row)
-    _prefetch(keys + voxel + plane)
+    _prefetch(voxels + voxel - plane)
+    _prefetch(voxels + voxel - row)
+    _prefetch(voxels + voxel)
+    _prefetch(voxels + voxel + row)
+    _prefetch(voxels + voxel + plane)
 
 
-cdef int _flood(uint32_t* keys, uint64_t* seed_of, vector[_Item]& heap,
-                Py_ssize_t n_seeds, Py_ssize_t row, Py_ssize_t plane,
-                Py_ssize_t width, Py_ssize_t area) except -1 nogil:
-    """Run the flood over the padded volume; ``heap`` holds the seeds on entry.
+cdef struct _Grid:
+    # padded-volume index offsets of the 6 neighbours, in scikit-image's order:
+    # -z, -y, -x, +x, +y, +z
+    Py_ssize_t offsets[6]
+    Py_ssize_t row
+    Py_ssize_t plane
 
-    ``keys[v]`` is the order key of padded voxel ``v`` while it may still be
-    flooded and 0 otherwise (outside the mask, on the padding, already labelled).
-    ``seed_of[p]``, over the unpadded volume (``width`` voxels per row, ``area``
-    per plane), holds the 1-based number of the seed that reaches voxel ``p``:
-    set for the seeds on entry and for every voxel when it is pushed, so a
-    popped voxel finds its seed there.
+
+cdef uint32_t _flood_seeds(_Voxel* voxels, vector[_Item]& heap, Py_ssize_t n_seeds,
+                           const _Grid& grid) except? 0 nogil:
+    """Phase 1, until the last seed has left the queue; ``heap`` holds the seeds.
+
+    The binary heap, exactly as scikit-image moves its elements, so that seeds of
+    equal value leave in the same order. Returns the value (key) of the last seed
+    popped: every entry left in the heap is at or above it.
     """
-    cdef Py_ssize_t offsets[6]
-    cdef Py_ssize_t places[6]
-    cdef uint64_t seed
-    cdef vector[_Item] no_items
     cdef Py_ssize_t n_seeds_left = n_seeds
     cdef _Item item, pushed
-    cdef _Entry entry, moved
-    cdef vector[vector[_Entry]] buckets
-    cdef vector[_Entry]* source
-    cdef size_t head = 0, k
-    cdef uint32_t i, j, value, current = 0, lowest
+    cdef uint32_t i, j, value, current = 0
     cdef uint64_t age = 0
-    cdef int d, b
+    cdef int d
 
-    # scikit-image's neighbour order: -z, -y, -x, +x, +y, +z
-    offsets[0] = -plane
-    offsets[1] = -row
-    offsets[2] = -1
-    offsets[3] = 1
-    offsets[4] = row
-    offsets[5] = plane
-    places[0] = -area
-    places[1] = -width
-    places[2] = -1
-    places[3] = 1
-    places[4] = width
-    places[5] = area
-
-    # Phase 1, until the last seed has left: the binary heap, exactly as
-    # scikit-image moves its elements, so that seeds of equal value leave in the
-    # same order.
     while n_seeds_left > 0:
         item = _heap_pop(heap)
         if (item.key & _AGE_MASK) == 0:
             n_seeds_left -= 1
         if not heap.empty():
-            _prefetch_neighbourhood(keys, heap[0].voxel, row, plane)
+            _prefetch_neighbourhood(voxels, heap[0].voxel, grid.row, grid.plane)
         i = item.voxel
         current = <uint32_t>(item.key >> 32)
-        seed = seed_of[item.place]
+        pushed.seed = item.seed
         for d in range(6):
-            j = <uint32_t>(i + offsets[d])
-            value = keys[j]
+            j = <uint32_t>(i + grid.offsets[d])
+            value = voxels[j].key
             if value == 0:
                 continue
-            keys[j] = 0
-            pushed.place = <uint32_t>(item.place + places[d])
-            seed_of[pushed.place] = seed
+            voxels[j].key = 0
+            voxels[j].seed = item.seed
             age += 1
             if value < current:
                 value = current
             pushed.key = (<uint64_t>value << 32) | age
             pushed.voxel = j
             _heap_push(heap, pushed)
+    return current
 
-    # Phase 2: every key left is unique, so any exact queue pops in the same
-    # order. A radix queue on the value: bucket b > 0 holds the entries whose
-    # value first differs from ``current`` in bit b - 1 (counted from 1 at the
-    # least significant bit); bucket 0 holds value == current. Entries are only
-    # ever appended, and a bucket is redistributed only into empty lower
-    # buckets, so every bucket stays in push (age) order and bucket 0 is the
-    # FIFO of the current value. The clamp makes the queue monotone, which is
-    # all a radix queue needs.
+
+cdef int _drain_levels(_Voxel* voxels, vector[_Item]& heap, uint32_t n_levels,
+                       uint32_t current, const _Grid& grid) except -1 nogil:
+    """Phase 2 when the keys are ranks 1..``n_levels``: one FIFO per rank.
+
+    Every key left in the queue is unique (ages differ), so any exact queue pops in
+    the same order. The heap hands its entries over in (value, age) order, and
+    every later push is younger, so each FIFO stays in age order; the clamp keeps
+    every push at or above ``current``, so no FIFO below it fills again.
+    """
+    cdef vector[vector[_Queued]] buckets
+    cdef vector[_Item] no_items
+    cdef vector[_Queued]* bucket
+    cdef _Item item
+    cdef _Queued entry, pushed
+    cdef size_t head = 0
+    cdef uint32_t i, j, value
+    cdef int d
+
+    buckets.resize(n_levels + 1)
+    while not heap.empty():
+        item = _heap_pop(heap)
+        entry.voxel = item.voxel
+        entry.seed = item.seed
+        buckets[<uint32_t>(item.key >> 32)].push_back(entry)
+    heap.swap(no_items)  # give the heap's memory back
+
+    bucket = &buckets[current]
+    while True:
+        if head == bucket.size():
+            _compact(bucket[0])
+            head = 0
+            current += 1
+            while current <= n_levels and buckets[current].empty():
+                current += 1
+            if current > n_levels:
+                break
+            bucket = &buckets[current]
+        elif head >= _COMPACT_AFTER and 2 * head >= bucket.size():
+            # drop the popped front of a long FIFO (see _drain_radix)
+            bucket.erase(bucket.begin(), bucket.begin() + head)
+            head = 0
+        entry = bucket[0][head]
+        head += 1
+        if head + _AHEAD < bucket.size():
+            _prefetch_neighbourhood(voxels, bucket[0][head + _AHEAD].voxel, grid.row,
+                                    grid.plane)
+        i = entry.voxel
+        pushed.seed = entry.seed
+        for d in range(6):
+            j = <uint32_t>(i + grid.offsets[d])
+            value = voxels[j].key
+            if value == 0:
+                continue
+            voxels[j].key = 0
+            voxels[j].seed = entry.seed
+            if value < current:
+                value = current
+            pushed.voxel = j
+            # ``bucket`` points at the vector, not at its storage: a push to the
+            # current FIFO may move the storage
+            buckets[value].push_back(pushed)
+    return 0
+
+
+cdef int _drain_radix(_Voxel* voxels, vector[_Item]& heap, uint32_t current,
+                      const _Grid& grid) except -1 nogil:
+    """Phase 2 for keys of any number of levels: a radix queue on the value.
+
+    Every key left is unique, so any exact queue pops in the same order. Bucket
+    b > 0 holds the entries whose value first differs from ``current`` in bit
+    b - 1 (counted from 1 at the least significant bit); bucket 0 holds value ==
+    current. Entries are only ever appended, and a bucket is redistributed only
+    into empty lower buckets, so every bucket stays in push (age) order and
+    bucket 0 is the FIFO of the current value. The clamp makes the queue
+    monotone, which is all a radix queue needs.
+    """
+    cdef vector[vector[_Entry]] buckets
+    cdef vector[_Item] no_items
+    cdef vector[_Entry]* source
+    cdef _Item item
+    cdef _Entry entry, moved
+    cdef size_t head = 0, k
+    cdef uint32_t i, j, value, lowest
+    cdef int d, b
+
     buckets.resize(33)
     while not heap.empty():
         # popping hands the entries over in (value, age) order
         item = _heap_pop(heap)
         entry.value = <uint32_t>(item.key >> 32)
         entry.voxel = item.voxel
-        entry.place = item.place
+        entry.seed = item.seed
         buckets[_bit_length(entry.value ^ current)].push_back(entry)
     heap.swap(no_items)  # give the heap's memory back
 
     while True:
         if head == buckets[0].size():
-            _release(buckets[0])
+            _compact(buckets[0])
             head = 0
             b = 1
             while b <= 32 and buckets[b].empty():
@@ -267,7 +354,7 @@ cdef int _flood(uint32_t* keys, uint64_t* seed_of, vector[_Item]& heap,
             for k in range(source.size()):
                 moved = source[0][k]
                 buckets[_bit_length(moved.value ^ current)].push_back(moved)
-            _release(source[0])
+            _compact(source[0])
         elif head >= _COMPACT_AFTER and 2 * head >= buckets[0].size():
             # drop the popped front of a long FIFO so that a wide plateau of one
             # value holds only its pending entries (amortised O(1) per entry)
@@ -275,19 +362,18 @@ cdef int _flood(uint32_t* keys, uint64_t* seed_of, vector[_Item]& heap,
             head = 0
         entry = buckets[0][head]
         head += 1
-        if head < buckets[0].size():
-            _prefetch_neighbourhood(keys, buckets[0][head].voxel, row, plane)
-            _prefetch(seed_of + buckets[0][head].place)
+        if head + _AHEAD < buckets[0].size():
+            _prefetch_neighbourhood(voxels, buckets[0][head + _AHEAD].voxel, grid.row,
+                                    grid.plane)
         i = entry.voxel
-        seed = seed_of[entry.place]
+        moved.seed = entry.seed
         for d in range(6):
-            j = <uint32_t>(i + offsets[d])
-            value = keys[j]
+            j = <uint32_t>(i + grid.offsets[d])
+            value = voxels[j].key
             if value == 0:
                 continue
-            keys[j] = 0
-            moved.place = <uint32_t>(entry.place + places[d])
-            seed_of[moved.place] = seed
+            voxels[j].key = 0
+            voxels[j].seed = entry.seed
             if value < current:
                 value = current
             moved.value = value
@@ -296,8 +382,90 @@ cdef int _flood(uint32_t* keys, uint64_t* seed_of, vector[_Item]& heap,
     return 0
 
 
+cdef inline size_t _slot(uint32_t key, int bits) noexcept nogil:
+    """Home slot of ``key`` in an open-addressing table of 2**bits slots."""
+    return <size_t>((key * <uint32_t>2654435761U) >> (32 - bits))
+
+
+cdef size_t _find(const vector[uint32_t]& table, uint32_t key, int bits) noexcept nogil:
+    """The slot holding ``key``, or the empty (0) slot where it belongs."""
+    cdef size_t mask = table.size() - 1
+    cdef size_t slot = _slot(key, bits)
+    while table[slot] != 0 and table[slot] != key:
+        slot = (slot + 1) & mask
+    return slot
+
+
+cdef int _insert(vector[uint32_t]& table, int* bits, size_t* count,
+                 uint32_t key) except -1 nogil:
+    """Add ``key`` (non-zero) to the set; grow the table at half load."""
+    cdef size_t slot = _find(table, key, bits[0])
+    cdef vector[uint32_t] old
+    cdef size_t k
+    if table[slot] == key:
+        return 0
+    table[slot] = key
+    count[0] += 1
+    if 2 * count[0] > table.size():
+        old.swap(table)
+        bits[0] += 1
+        table.assign(<size_t>1 << bits[0], 0)
+        for k in range(old.size()):
+            if old[k] != 0:
+                table[_find(table, old[k], bits[0])] = old[k]
+    return 0
+
+
+cdef uint32_t _rank_levels(vector[_Voxel]& voxels, vector[_Item]& heap,
+                          uint32_t max_levels) except? 0 nogil:
+    """Replace every key (voxels and queued seeds) by its rank 1..n among them.
+
+    Returns n, or 0 (keys unchanged) if there are more than ``max_levels``
+    distinct keys. Ranks keep the order of the keys, so the heap stays a valid heap
+    with the same layout. Runs of equal keys, common in a volume, cost one lookup.
+    """
+    cdef vector[uint32_t] table, ranks, distinct
+    cdef int bits = 10
+    cdef size_t count = 0, v, k
+    cdef uint32_t key, previous = 0, rank = 0
+
+    if max_levels == 0:
+        return 0
+    table.assign(<size_t>1 << bits, 0)
+    for k in range(heap.size()):
+        _insert(table, &bits, &count, <uint32_t>(heap[k].key >> 32))
+        if count > max_levels:
+            return 0
+    for v in range(voxels.size()):
+        key = voxels[v].key
+        if key != 0 and key != previous:
+            _insert(table, &bits, &count, key)
+            if count > max_levels:
+                return 0
+            previous = key
+    for k in range(table.size()):
+        if table[k] != 0:
+            distinct.push_back(table[k])
+    sort(distinct.begin(), distinct.end())
+    ranks.assign(table.size(), 0)
+    for k in range(distinct.size()):
+        ranks[_find(table, distinct[k], bits)] = <uint32_t>(k + 1)
+    previous = 0
+    for v in range(voxels.size()):
+        key = voxels[v].key
+        if key != 0:
+            if key != previous:
+                previous = key
+                rank = ranks[_find(table, key, bits)]
+            voxels[v].key = rank
+    for k in range(heap.size()):
+        key = <uint32_t>(heap[k].key >> 32)
+        heap[k].key = (<uint64_t>ranks[_find(table, key, bits)] << 32) | (heap[k].key & _AGE_MASK)
+    return <uint32_t>distinct.size()
+
+
 def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels not None,
-          const uint8_t[:, :, ::1] mask=None):
+          const uint8_t[:, :, ::1] mask=None, *, uint32_t max_levels=MAX_LEVELS):
     """Flood ``labels`` in place from its non-zero voxels over ``surface``.
 
     Args:
@@ -305,6 +473,9 @@ def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels no
         labels: Seeds on input (non-zero; zero outside ``mask``). On output every
             voxel reached from a seed through ``mask`` holds that seed's label.
         mask: Non-zero where voxels may be flooded; ``None`` floods everywhere.
+        max_levels: Queue by rank (one FIFO per distinct value) when there are at
+            most this many distinct values, else by value in a radix queue; both
+            give the same labels (0 always takes the radix queue: for tests).
 
     The caller guarantees equal shapes and that the volume padded by one voxel on
     every side has fewer than 2**32 voxels (voxel indices and ages are 32 bits).
@@ -312,43 +483,53 @@ def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels no
     cdef Py_ssize_t depth = surface.shape[0]
     cdef Py_ssize_t height = surface.shape[1]
     cdef Py_ssize_t width = surface.shape[2]
-    cdef Py_ssize_t row = width + 2
-    cdef Py_ssize_t plane = (height + 2) * row
     cdef Py_ssize_t z, y, x, v
     cdef bint has_mask = mask is not None
-    cdef uint64_t seed
     cdef uint64_t label
-    cdef uint64_t* seed_of
-    cdef vector[uint32_t] keys
+    cdef uint32_t seed, n_levels, current
+    cdef vector[_Voxel] voxels
     cdef vector[uint64_t] seed_labels
     cdef vector[_Item] heap
     cdef _Item item
+    cdef _Grid grid
 
     if depth * height * width == 0:
         return
-    # the padding stays 0 (never flooded), so neighbours need no bounds checks
-    keys.resize((depth + 2) * plane)
-    # ``labels`` holds seed numbers while the flood runs: no second volume
-    seed_of = &labels[0, 0, 0]
+    grid.row = width + 2
+    grid.plane = (height + 2) * grid.row
+    grid.offsets[0] = -grid.plane
+    grid.offsets[1] = -grid.row
+    grid.offsets[2] = -1
+    grid.offsets[3] = 1
+    grid.offsets[4] = grid.row
+    grid.offsets[5] = grid.plane
     with nogil:
+        # the padding stays 0 (never flooded), so neighbours need no bounds checks
+        voxels.resize((depth + 2) * grid.plane)
         for z in range(depth):
             for y in range(height):
-                v = (z + 1) * plane + (y + 1) * row + 1
+                v = (z + 1) * grid.plane + (y + 1) * grid.row + 1
                 for x in range(width):
                     label = labels[z, y, x]
                     if label != 0:
                         # seeds enter in C order with age 0, as in scikit-image
                         seed_labels.push_back(label)
-                        labels[z, y, x] = seed_labels.size()
+                        voxels[v + x].seed = <uint32_t>seed_labels.size()
                         item.key = <uint64_t>_order_key(surface[z, y, x]) << 32
                         item.voxel = <uint32_t>(v + x)
-                        item.place = <uint32_t>((z * height + y) * width + x)
+                        item.seed = <uint32_t>seed_labels.size()
                         _heap_push(heap, item)
                     elif not has_mask or mask[z, y, x] != 0:
-                        keys[v + x] = _order_key(surface[z, y, x])
-        _flood(keys.data(), seed_of, heap, seed_labels.size(), row, plane,
-               width, height * width)
-        for v in range(depth * height * width):
-            seed = seed_of[v]
-            if seed != 0:
-                seed_of[v] = seed_labels[seed - 1]
+                        voxels[v + x].key = _order_key(surface[z, y, x])
+        n_levels = _rank_levels(voxels, heap, max_levels)
+        current = _flood_seeds(voxels.data(), heap, seed_labels.size(), grid)
+        if n_levels > 0:
+            _drain_levels(voxels.data(), heap, n_levels, current, grid)
+        else:
+            _drain_radix(voxels.data(), heap, current, grid)
+        for z in range(depth):
+            for y in range(height):
+                v = (z + 1) * grid.plane + (y + 1) * grid.row + 1
+                for x in range(width):
+                    seed = voxels[v + x].seed
+                    labels[z, y, x] = seed_labels[seed - 1] if seed != 0 else 0

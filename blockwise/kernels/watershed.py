@@ -44,8 +44,10 @@ def seeded_watershed(
         inside ``mask``) to a seed holds a seed label; all other voxels hold 0.
 
     Memory: the output (8 bytes per voxel; none with ``overwrite_seeds``), 8 bytes
-    per voxel of the volume padded by one voxel per side, 12 bytes per seed voxel,
-    and 16 bytes (12 once the last seed has left) per voxel in the queue at once.
+    per voxel of the volume padded by one voxel per side, 8 bytes per seed voxel,
+    and 16 bytes per voxel in the queue at once (once the last seed has left, 8
+    with at most ``MAX_LEVELS`` = 65536 distinct values, which are then ranked,
+    and 12 with more).
 
     Raises:
         ValueError: if an array is not 3D, has another dtype than documented,

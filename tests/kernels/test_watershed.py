@@ -79,6 +79,25 @@ def expected(surface: np.ndarray, seeds: np.ndarray, mask: np.ndarray | None) ->
     return skimage_watershed(surface, markers=seeds, mask=mask, connectivity=1)
 
 
+def radix_watershed(
+    surface: np.ndarray, seeds: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The kernel forced onto its radix queue (``seeded_watershed`` ranks the values
+    and queues one FIFO per rank when there are at most MAX_LEVELS of them)."""
+    labels = np.where(mask, seeds, 0) if mask is not None else seeds.copy()
+    labels = np.ascontiguousarray(labels, dtype=np.uint64)
+    mask_u8 = None if mask is None else np.ascontiguousarray(mask).view(np.uint8)
+    _watershed.flood(np.ascontiguousarray(surface), labels, mask_u8, max_levels=0)
+    return labels
+
+
+def assert_both_queues_give(
+    surface: np.ndarray, seeds: np.ndarray, mask: np.ndarray | None, want: np.ndarray
+) -> None:
+    np.testing.assert_array_equal(seeded_watershed(surface, seeds, mask), want)
+    np.testing.assert_array_equal(radix_watershed(surface, seeds, mask), want)
+
+
 def test_compiled_kernel_is_loaded() -> None:
     assert _watershed.__file__ is not None
     assert _watershed.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
@@ -93,9 +112,7 @@ def test_matches_skimage_on_random_surfaces(
     rng = np.random.default_rng([*shape, n_levels, with_mask])
     for _ in range(10):
         surface, seeds, mask = random_case(rng, shape, n_levels, with_mask)
-        np.testing.assert_array_equal(
-            seeded_watershed(surface, seeds, mask), expected(surface, seeds, mask)
-        )
+        assert_both_queues_give(surface, seeds, mask, expected(surface, seeds, mask))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -107,9 +124,7 @@ def test_matches_heapq_reference(shape: tuple[int, int, int], with_mask: bool) -
         # distinct seed values (see reference_watershed); the rest keeps its ties
         is_seed = seeds != 0
         surface[is_seed] = rng.permutation(int(is_seed.sum())).astype(np.float32) / 4 - 1
-        np.testing.assert_array_equal(
-            seeded_watershed(surface, seeds, mask), reference_watershed(surface, seeds, mask)
-        )
+        assert_both_queues_give(surface, seeds, mask, reference_watershed(surface, seeds, mask))
 
 
 @pytest.mark.parametrize("seed_value", ["own", "-inf", "high"])
@@ -128,9 +143,7 @@ def test_matches_skimage_on_distance_transform_plateaus(seed_value: str) -> None
         surface[seeds != 0] = 2.0  # every seed leaves the queue last
     mask = rng.random(surface.shape) > 0.1
     for m in (None, mask):
-        np.testing.assert_array_equal(
-            seeded_watershed(surface, seeds, m), expected(surface, seeds, m)
-        )
+        assert_both_queues_give(surface, seeds, m, expected(surface, seeds, m))
 
 
 def test_matches_skimage_with_infinities_and_signed_zeros() -> None:
@@ -208,9 +221,37 @@ def test_large_volume_matches_skimage() -> None:
     seeds = np.zeros(shape, dtype=np.uint64)
     seeds.flat[rng.choice(surface.size, 300, replace=False)] = np.arange(1, 301)
     mask = rng.random(shape) > 0.05
-    np.testing.assert_array_equal(
-        seeded_watershed(surface, seeds, mask), expected(surface, seeds, mask)
-    )
+    assert_both_queues_give(surface, seeds, mask, expected(surface, seeds, mask))
+
+
+def test_more_values_than_ranks_take_the_radix_queue_and_match_skimage() -> None:
+    """Over MAX_LEVELS distinct values: the kernel queues by value, exactly."""
+    rng = np.random.default_rng(5)
+    shape = (40, 50, 60)
+    surface = ndimage.gaussian_filter(rng.random(shape), 1).astype(np.float32)
+    assert np.unique(surface).size > _watershed.MAX_LEVELS
+    seeds = np.zeros(shape, dtype=np.uint64)
+    seeds.flat[rng.choice(surface.size, 200, replace=False)] = np.arange(1, 201)
+    mask = rng.random(shape) > 0.05
+    for m in (None, mask):
+        np.testing.assert_array_equal(
+            seeded_watershed(surface, seeds, m), expected(surface, seeds, m)
+        )
+
+
+@pytest.mark.parametrize("n_levels", [1, 2, 7, 300])
+def test_both_queues_match_skimage_at_a_rank_limit(n_levels: int) -> None:
+    """Limits just below, at and above the number of distinct values: either queue
+    gives scikit-image's labels."""
+    rng = np.random.default_rng(n_levels)
+    shape = (12, 14, 16)
+    surface, seeds, mask = random_case(rng, shape, n_levels, True)
+    distinct = int(np.unique(surface[mask]).size)
+    want = expected(surface, seeds, mask)
+    for limit in (distinct - 1, distinct, distinct + 1):
+        labels = np.ascontiguousarray(np.where(mask, seeds, 0), dtype=np.uint64)
+        _watershed.flood(surface, labels, mask.view(np.uint8), max_levels=max(limit, 0))
+        np.testing.assert_array_equal(labels, want)
 
 
 @pytest.mark.parametrize(
