@@ -15,12 +15,16 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
 from blockwise.config import ExtractFragmentsConfig
 from blockwise.kernels.distance import distance_transform
 from blockwise.kernels.relabel import first_occurrences, relabel
 from blockwise.kernels.watershed import seeded_watershed
+
+# scipy.ndimage is imported where it is used: this module is imported by the
+# extract_fragments stage, which the driver imports for the stage's description
+# only, and scipy.ndimage costs it a quarter of a second before any block can
+# start (workers get it preloaded by the fork server)
 
 __all__ = ["fragments_from_affinities"]
 
@@ -188,6 +192,8 @@ def _find_seeds(
     per_section: bool,
 ) -> tuple[NDArray[np.integer], int]:
     """Label the window maxima of ``depth_nm`` (> 0), one id per connected group."""
+    from scipy import ndimage
+
     window = [_window_vx(min_seed_distance_nm, s) for s in voxel_nm]
     structure = ndimage.generate_binary_structure(3, 1)
     if per_section:
@@ -241,6 +247,8 @@ def _merge_small_fragments(
     is a whole component of ``mask`` (or the whole volume): it becomes one
     fragment, with a new id after ``top_id``.
     """
+    from scipy import ndimage
+
     groups, _ = ndimage.label(is_small[fragments.view(np.int64)])
     for label, found in enumerate(ndimage.find_objects(groups), start=1):
         box = tuple(
@@ -286,6 +294,8 @@ class _MaskComponents:
                 return seeds, top_id + 1
             return seeds, top_id
         if self._labels is None:
+            from scipy import ndimage
+
             self._labels, self._count = ndimage.label(self._mask)
         has_seed = np.zeros(self._count + 1, dtype=bool)
         has_seed[self._labels[seeds != 0]] = True

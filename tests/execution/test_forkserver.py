@@ -210,3 +210,44 @@ def test_the_preload_covers_what_reading_an_hdf5_input_imports(tmp_path: Path) -
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_preload_covers_what_a_flood_imports() -> None:
+    # blockwise.fragments imports scipy.ndimage where it floods (to keep it out of
+    # the driver); a forked worker must find it loaded already
+    code = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from blockwise.execution.forkserver import _preload
+        _preload()
+        before = set(sys.modules)
+        from blockwise.fragments import fragments_from_affinities
+        rng = np.random.default_rng(0)
+        affs = rng.random((3, 12, 12, 12)).astype(np.float32)
+        mask = rng.random((12, 12, 12)) > 0.1
+        fragments_from_affinities(affs, (10, 10, 10), min_fragment_size_vx=5, mask=mask)
+        print(sorted(set(sys.modules) - before))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_driver_does_not_import_scipy() -> None:
+    # the driver imports every stage module for its description; scipy.ndimage
+    # would cost it a quarter of a second before the first block
+    code = textwrap.dedent(
+        """
+        import importlib, sys
+        import blockwise.cli, blockwise.runner
+        from blockwise.stages import STAGE_MODULES
+        for module in STAGE_MODULES.values():
+            importlib.import_module(module)
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("scipy", "torch", "skimage")))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
