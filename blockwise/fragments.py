@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from blockwise.config import ExtractFragmentsConfig
 from blockwise.kernels.distance import distance_transform
+from blockwise.kernels.peaks import window_peaks
 from blockwise.kernels.relabel import first_occurrences, relabel
 from blockwise.kernels.watershed import seeded_watershed
 
@@ -199,8 +200,8 @@ def _find_seeds(
     if per_section:
         window[0] = 1
         structure[0] = structure[2] = False  # no seed spans two sections
-    is_peak = depth_nm == ndimage.maximum_filter(depth_nm, size=window)
-    is_peak &= depth_nm > 0
+    # (depth_nm == ndimage.maximum_filter(depth_nm, size=window)) & (depth_nm > 0)
+    is_peak = window_peaks(depth_nm, window)
     seeds, n_seeds = ndimage.label(is_peak, structure=structure)
     return seeds, int(n_seeds)
 

@@ -417,7 +417,7 @@ cdef int _insert(vector[uint32_t]& table, int* bits, size_t* count,
 
 
 cdef uint32_t _rank_levels(vector[_Voxel]& voxels, vector[_Item]& heap,
-                          uint32_t max_levels) except? 0 nogil:
+                           uint32_t max_levels) except? 0 nogil:
     """Replace every key (voxels and queued seeds) by its rank 1..n among them.
 
     Returns n, or 0 (keys unchanged) if there are more than ``max_levels``
