@@ -113,8 +113,15 @@ def open_profile(
         from blockwise.execution.slurm import SlurmProfile
 
         return SlurmProfile(ctx)
+    from blockwise.execution import forkserver
     from blockwise.execution.local import LocalProfile
 
+    if fork_server is not None:
+        try:
+            fork_server.wait_ready()
+        except forkserver.ForkServerError as e:
+            logger.warning("no fork server (%s): every worker starts a new interpreter", e)
+            fork_server = None
     return LocalProfile(
         ctx.layout.config_path, fork_server, ctx.config.execution.longest_block_timeout_s
     )

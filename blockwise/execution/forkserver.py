@@ -231,7 +231,10 @@ class ForkServer:
     """The run's fork server, started by the driver (see the module docstring).
 
     Its address is put into the driver's environment, which daisy's per-slot
-    processes inherit; :meth:`stop` ends it and removes the address.
+    processes inherit; :meth:`stop` ends it and removes the address. The
+    constructor does not wait for the server's interpreter to start (a tenth of
+    a second or more, which then overlaps the driver's own imports and checks):
+    :meth:`wait_ready` does, and must return before the first worker is asked for.
     """
 
     def __init__(self) -> None:
@@ -245,16 +248,27 @@ class ForkServer:
             stdout=subprocess.PIPE,
             preexec_fn=lambda: die_with_parent(driver),
         )
-        # the socket is bound before the imports: a worker asked for later waits in its backlog
+        self._ready = False
+        os.environ[ADDRESS_VARIABLE] = f"{self.address}:{self.process.pid}"
+
+    def wait_ready(self) -> None:
+        """Wait until the server listens (its socket is bound before its imports run:
+        a worker asked for later waits in its backlog).
+
+        Raises:
+            ForkServerError: if the server exited instead (it is then stopped and
+                its address removed).
+        """
+        if self._ready:
+            return
         started = False
         if self.process.stdout is not None:
             with self.process.stdout as ready:
                 started = ready.readline() == b"listening\n"
         if not started:
-            self.process.kill()
-            self.process.wait()
+            self.stop(wait_s=0.0)
             raise ForkServerError(f"the fork server exited with {self.process.returncode}")
-        os.environ[ADDRESS_VARIABLE] = f"{self.address}:{self.process.pid}"
+        self._ready = True
 
     def stop(self, wait_s: float = STOP_WAIT_S) -> None:
         """End the server; safe to call more than once.

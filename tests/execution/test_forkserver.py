@@ -20,6 +20,8 @@ import pytest
 
 from blockwise.execution import forkserver
 
+from datafiles import REPO
+
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the fork server is Linux-only"
 )
@@ -84,8 +86,49 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[forkserv
     path = os.pathsep.join([str(tmp_path / "modules"), os.environ.get("PYTHONPATH", "")])
     monkeypatch.setenv("PYTHONPATH", path)
     server = forkserver.ForkServer()
+    server.wait_ready()
     yield server
     server.stop(wait_s=0.0)
+
+
+def test_a_server_that_cannot_start_is_reported_by_wait_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the constructor does not wait for the server; wait_ready says it exited,
+    # stops it and takes its address back
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    server = forkserver.ForkServer()
+    assert os.environ[forkserver.ADDRESS_VARIABLE].startswith(server.address)
+    with pytest.raises(forkserver.ForkServerError, match="exited with 1"):
+        server.wait_ready()
+    assert forkserver.ADDRESS_VARIABLE not in os.environ
+
+
+def test_the_local_profile_runs_without_a_server_that_cannot_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gala: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import yaml
+
+    from blockwise.config import parse_config
+    from blockwise.execution import open_profile
+    from blockwise.execution.local import LocalProfile
+    from blockwise.run_context import RunContext
+
+    data = yaml.safe_load((REPO / "configs" / "gala_ci.yaml").read_text())
+    data["run_dir"] = str(tmp_path / "run")
+    data["inputs"]["affinities"]["file"] = str(gala)
+    data["inputs"].pop("ground_truth", None)
+    data.pop("evaluate", None)
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    server = forkserver.ForkServer()
+    profile = open_profile(RunContext(parse_config(data)), fork_server=server)
+    try:
+        assert isinstance(profile, LocalProfile)
+        assert profile.fork_server is None
+        assert "every worker starts a new interpreter" in caplog.text
+        assert forkserver.ADDRESS_VARIABLE not in os.environ
+    finally:
+        profile.teardown()
 
 
 def test_a_forked_worker_gets_its_arguments_environment_title_and_exit_status(
