@@ -96,5 +96,7 @@ def contact_statistics(
                 f"offsets must be (z, y, x) triples of integers, received {list(offsets)}"
             )
         table[row] = offset
-    u, v, s, n = _contacts.contact_sums(fragments, affs, np.ascontiguousarray(table))
+    u, v, s, n = _contacts.contact_sums(
+        np.ascontiguousarray(fragments), np.ascontiguousarray(affs), np.ascontiguousarray(table)
+    )
     return ContactStatistics(u, v, s, n)

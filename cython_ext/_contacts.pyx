@@ -2,7 +2,8 @@
 """Integer edge statistics (sum and count of uint8 affinities) between touching fragments.
 
 Reach this kernel only through :func:`blockwise.contacts.contact_statistics`,
-which checks shapes, dtypes and the number of offsets first.
+which checks shapes, dtypes and the number of offsets first and hands over
+C-contiguous arrays.
 
 For every channel ``c`` and every voxel ``p`` whose neighbour ``q = p +
 offsets[c]`` lies in the volume, a pair of different non-zero fragments ``u =
@@ -21,8 +22,8 @@ from pair_runs cimport Run, extend, flush, sum_by_pair
 import numpy as np
 
 
-def contact_sums(const uint64_t[:, :, :] fragments not None,
-                 const uint8_t[:, :, :, :] affs not None,
+def contact_sums(const uint64_t[:, :, ::1] fragments not None,
+                 const uint8_t[:, :, :, ::1] affs not None,
                  const int64_t[:, ::1] offsets not None):
     """``(u, v, S, N)`` of every pair of touching fragments, sorted by ``(u, v)``.
 
@@ -43,7 +44,10 @@ def contact_sums(const uint64_t[:, :, :] fragments not None,
     cdef uint64_t a, b, lo, hi
     cdef vector[Run] runs
     cdef Run run
-    cdef Py_ssize_t i, k
+    cdef Py_ssize_t i, k, length
+    cdef const uint64_t* here
+    cdef const uint64_t* there
+    cdef const uint8_t* value
     run.count = 0
     with nogil:
         for channel in range(offsets.shape[0]):
@@ -56,11 +60,19 @@ def contact_sums(const uint64_t[:, :, :] fragments not None,
             y1 = height - dy if dy > 0 else height
             x0 = -dx if dx < 0 else 0
             x1 = width - dx if dx > 0 else width
+            length = x1 - x0
+            if length <= 0:
+                continue
             for z in range(z0, z1):
                 for y in range(y0, y1):
-                    for x in range(x0, x1):
-                        a = fragments[z, y, x]
-                        b = fragments[z + dz, y + dy, x + dx]
+                    # one row of voxels and the row of their neighbours, as pointers:
+                    # most voxels see their own fragment, a test of two loaded words
+                    here = &fragments[z, y, x0]
+                    there = &fragments[z + dz, y + dy, x0 + dx]
+                    value = &affs[channel, z, y, x0]
+                    for x in range(length):
+                        a = here[x]
+                        b = there[x]
                         if a == b or a == 0 or b == 0:
                             continue
                         if a < b:
@@ -69,7 +81,7 @@ def contact_sums(const uint64_t[:, :, :] fragments not None,
                         else:
                             lo = b
                             hi = a
-                        extend(runs, run, lo, hi, affs[channel, z, y, x])
+                        extend(runs, run, lo, hi, value[x])
         flush(runs, run)
         sum_by_pair(runs)
         k = <Py_ssize_t>runs.size()

@@ -44,6 +44,22 @@ def test_contact_statistics_equal_a_loop(seed: int) -> None:
     ]
 
 
+def test_views_and_many_pairs_equal_a_loop() -> None:
+    # strided views of both arrays (the kernel takes C-contiguous copies), and more
+    # distinct pairs than the kernel's first hash table holds, so that it grows
+    rng = np.random.default_rng(11)
+    fragments = rng.integers(1, 400, (9, 20, 16)).astype(np.uint64)[:, ::2, 1:]
+    affs = rng.integers(0, 256, (len(OFFSETS), 9, 10, 30), dtype=np.uint8)[..., ::2]
+    assert not fragments.flags.c_contiguous and not affs.flags.c_contiguous
+    got = contact_statistics(fragments, affs, OFFSETS)
+    expected = slow_statistics(fragments, affs, OFFSETS)
+    assert len(expected) > 1024
+    assert list(zip(got.u.tolist(), got.v.tolist(), strict=True)) == sorted(expected)
+    assert [[s, n] for s, n in zip(got.s.tolist(), got.n.tolist(), strict=True)] == [
+        expected[k] for k in sorted(expected)
+    ]
+
+
 def test_quantisation_is_the_nearest_uint8() -> None:
     affs = np.array([0.0, 0.5, 1.0, 0.9981, 0.0019], dtype=np.float32)
     assert quantise_affinities(affs).tolist() == [0, 128, 255, 255, 0]
