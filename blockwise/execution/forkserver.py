@@ -291,6 +291,9 @@ class ForkServer:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        if self.process.stdout is not None:
+            # the pipe of its "listening" line, still open if nobody waited for it
+            self.process.stdout.close()
 
 
 # -- the slot process's side ----------------------------------------------------------
