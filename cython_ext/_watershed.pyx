@@ -202,6 +202,21 @@ cdef struct _Grid:
     Py_ssize_t plane
 
 
+cdef inline uint32_t _claim(_Voxel* voxels, uint32_t j, uint32_t seed,
+                            uint32_t current) noexcept nogil:
+    """Label neighbour ``j`` with ``seed`` if it may still be flooded.
+
+    Returns the value it is queued with (its key raised to ``current``: a flood
+    never runs downhill), or 0 if it may not be flooded (then nothing changes).
+    """
+    cdef uint32_t value = voxels[j].key
+    if value == 0:
+        return 0
+    voxels[j].key = 0
+    voxels[j].seed = seed
+    return value if value > current else current
+
+
 cdef uint32_t _flood_seeds(_Voxel* voxels, vector[_Item]& heap, Py_ssize_t n_seeds,
                            const _Grid& grid) except? 0 nogil:
     """Phase 1, until the last seed has left the queue; ``heap`` holds the seeds.
@@ -227,14 +242,10 @@ cdef uint32_t _flood_seeds(_Voxel* voxels, vector[_Item]& heap, Py_ssize_t n_see
         pushed.seed = item.seed
         for d in range(6):
             j = <uint32_t>(i + grid.offsets[d])
-            value = voxels[j].key
+            value = _claim(voxels, j, item.seed, current)
             if value == 0:
                 continue
-            voxels[j].key = 0
-            voxels[j].seed = item.seed
             age += 1
-            if value < current:
-                value = current
             pushed.key = (<uint64_t>value << 32) | age
             pushed.voxel = j
             _heap_push(heap, pushed)
@@ -291,13 +302,9 @@ cdef int _drain_levels(_Voxel* voxels, vector[_Item]& heap, uint32_t n_levels,
         pushed.seed = entry.seed
         for d in range(6):
             j = <uint32_t>(i + grid.offsets[d])
-            value = voxels[j].key
+            value = _claim(voxels, j, entry.seed, current)
             if value == 0:
                 continue
-            voxels[j].key = 0
-            voxels[j].seed = entry.seed
-            if value < current:
-                value = current
             pushed.voxel = j
             # ``bucket`` points at the vector, not at its storage: a push to the
             # current FIFO may move the storage
@@ -369,13 +376,9 @@ cdef int _drain_radix(_Voxel* voxels, vector[_Item]& heap, uint32_t current,
         moved.seed = entry.seed
         for d in range(6):
             j = <uint32_t>(i + grid.offsets[d])
-            value = voxels[j].key
+            value = _claim(voxels, j, entry.seed, current)
             if value == 0:
                 continue
-            voxels[j].key = 0
-            voxels[j].seed = entry.seed
-            if value < current:
-                value = current
             moved.value = value
             moved.voxel = j
             buckets[_bit_length(value ^ current)].push_back(moved)
