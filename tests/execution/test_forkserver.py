@@ -221,6 +221,13 @@ def test_a_server_that_cannot_answer_is_given_up_after_the_request_timeout(
         os.kill(server.process.pid, signal.SIGCONT)
 
 
+def printed_by(code: str) -> str:
+    """What a new interpreter running ``code`` prints (it must exit 0)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_the_preload_covers_what_reading_an_hdf5_input_imports(tmp_path: Path) -> None:
     # a forked worker inherits the server's modules: reading an HDF5 input there must
     # import nothing more, and h5py's platform query (``uname -p``, a fork of a
@@ -250,9 +257,7 @@ def test_the_preload_covers_what_reading_an_hdf5_input_imports(tmp_path: Path) -
         print(sorted(set(sys.modules) - before))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert printed_by(code) == "[]"
 
 
 def test_the_preload_covers_what_a_flood_imports() -> None:
@@ -273,9 +278,7 @@ def test_the_preload_covers_what_a_flood_imports() -> None:
         print(sorted(set(sys.modules) - before))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert printed_by(code) == "[]"
 
 
 def test_the_driver_does_not_import_scipy() -> None:
@@ -291,6 +294,4 @@ def test_the_driver_does_not_import_scipy() -> None:
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("scipy", "torch", "skimage")))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert printed_by(code) == "[]"
