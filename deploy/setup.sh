@@ -14,7 +14,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 # torch 2.13.0 there is the CPU wheel: an unpinned torch would pull a CUDA build.
 # The build backend runs without isolation (the editable build rebuilds on import,
 # so its tools must live in the venv).
-pip install -q --disable-pip-version-check -c deploy/constraints.txt meson-python meson ninja Cython numpy
+pip install -q --disable-pip-version-check -c deploy/constraints.txt meson-python meson ninja Cython numpy wheel
 pip install -q --disable-pip-version-check -c deploy/constraints.txt --no-build-isolation -e ".[test,dev]"
 if [ "${1:-}" = "--test" ]; then
   # waterz compiles its exact QuantileAffinity at first use against boost
