@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -97,7 +98,9 @@ class BlockTimeLog:
         self.stage = stage
         # opened at the first write and kept open: one write per flush, no open/close
         self._file: TextIO | None = None
-        self._flushed = 0.0
+        # never flushed: the first record is written at once (a monotonic clock may
+        # start near zero, on a machine up for less than FLUSH_S)
+        self._flushed = -math.inf
         #: block, start, end, block, start, end, ... of the blocks recorded since the
         #: last write (flat: numbers are not tracked by the garbage collector, tuples are)
         self._pending: list[float] = []

@@ -14,6 +14,7 @@ import pytest
 from gala import gala_data, nan_affinities
 from PIL import Image
 
+from blockwise import summary as summary_module
 from blockwise.config import parse_config
 from blockwise.report_html import load_summary, write_report
 from blockwise.runner import run
@@ -174,6 +175,17 @@ def test_block_time_log_writes_its_lines_together_and_on_close(tmp_path: Path) -
     log.record(40, 2e9, 2e9 + 1)  # a record after close opens the file again
     log.close()
     assert [r["block"] for r in read_block_times(tmp_path)][-1] == 40
+
+
+def test_block_time_log_writes_its_first_line_at_once_on_a_young_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a machine up for less than FLUSH_S: its monotonic clock is still near zero
+    monkeypatch.setattr(summary_module.time, "monotonic", lambda: 0.25)
+    log = BlockTimeLog(tmp_path, "relabel", worker="w:1")
+    log.record(3, 10.25, 11.0)
+    assert len(log.path.read_text().splitlines()) == 1
+    log.close()
 
 
 def test_block_time_log_logs_a_failed_write_and_recovers(
