@@ -33,6 +33,7 @@ from blockwise.errors import (
     mount_point,
 )
 from blockwise.execution import open_profile, start_fork_server
+from blockwise.execution.serve import serve_pipeline
 from blockwise.failures import DISK_FULL_PREFIX, BlockFailure
 from blockwise.geometry import voxels
 from blockwise.integrity import TrackingGuard, check_inputs, record_outputs, repair_outputs
@@ -387,14 +388,14 @@ def run(
         guard.start()
         try:
             if profile.multiprocessing:
-                # daisy's Server returns the states of a stage abandoned after too many
-                # worker restarts (run_blockwise raises and loses them); the summary says why
+                # daisy's scheduler as its Server runs it, which returns the states of a
+                # stage abandoned after too many worker restarts (run_blockwise raises
+                # and loses them; the summary says why), and which calls the slots of
+                # fork-server stages in this process (serve_pipeline)
                 # daisy's native warnings (a worker slot that died, e.g. of a
                 # signal sent to the whole process group) become one line each
                 with condensed_stderr(ctx.layout.logs_dir / "driver_stderr.log"):
-                    states = daisy.Server().run_blockwise(
-                        pipeline, progress=observer, host=profile.host, summary=False
-                    )
+                    states = serve_pipeline(pipeline, observer, profile.host)
             else:
                 states = daisy.run_blockwise(
                     pipeline,

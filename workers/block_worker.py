@@ -17,7 +17,7 @@ import sys
 
 import daisy.v2 as daisy
 
-from blockwise.execution import probe
+from blockwise.execution import local, probe
 from blockwise.run_context import RunContext
 from blockwise.stage import split_task_name
 from blockwise.stage_worker import StageWorker
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="the run's resolved config (RUN_DIR/config.yaml)")
     parser.add_argument("stage", help="the stage whose blocks to process")
     args = parser.parse_args(argv)
+    local.adopt()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
     )

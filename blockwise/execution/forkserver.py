@@ -7,17 +7,18 @@ cannot overlap the one before waits. The local profile therefore starts one
 fork server per run (``python -m blockwise.execution.forkserver ADDRESS``),
 which imports once what workers import and then waits on a Unix socket.
 
-daisy's per-slot process (:class:`~blockwise.execution.local.LocalWorker`)
-asks it for a worker: it sends the worker program's arguments, its
+A worker slot (:class:`~blockwise.execution.local.DriverSlot`, a thread of
+the driver, or :class:`~blockwise.execution.local.LocalWorker` in a slot
+process) asks it for a worker: it sends the worker program's arguments, its
 environment and working directory, and its standard input, output and error
 (``SCM_RIGHTS``); the server forks a child that takes all of them and runs
 the worker program's ``main``. The child shows the worker program's command
 line in ``ps`` (``setproctitle``), ignores SIGINT as a worker does, and ends
-(SIGKILL) when the slot process that asked for it ends; the server reports
-its pid at once and its exit status when it exits, on the same connection,
-so that the slot process watches it as it would watch its own child
-(:class:`ForkedWorker`). The server dies with the driver, and its children
-with it.
+(SIGKILL) when the slot that asked for it closes its connection (the slot
+process, or the driver, ends); the server reports its pid at once and its
+exit status when it exits, on the same connection, so that the slot watches
+it as it would watch its own child (:class:`ForkedWorker`). The server dies
+with the driver, and its children with it.
 
 GPU stages start their workers as new interpreters (CUDA must not be set up
 in a process that forks). ``BLOCKWISE_FORK_SERVER=0`` in the driver's
@@ -249,7 +250,9 @@ class ForkServer:
             preexec_fn=lambda: die_with_parent(driver),
         )
         self._ready = False
-        os.environ[ADDRESS_VARIABLE] = f"{self.address}:{self.process.pid}"
+        #: ``ADDRESS:SERVER_PID``, as :class:`ForkedWorker` takes it
+        self.published = f"{self.address}:{self.process.pid}"
+        os.environ[ADDRESS_VARIABLE] = self.published
 
     def wait_ready(self) -> None:
         """Wait until the server listens (its socket is bound before its imports run:
@@ -308,13 +311,21 @@ class ForkedWorker:
         arguments: its command-line arguments.
         title: the command line it shows in ``ps``.
         env: its environment.
+        fds: its standard input, output and error (descriptors of this process;
+            default this process's own).
 
     Raises:
         ForkServerError: if the server cannot be reached or does not answer.
     """
 
     def __init__(
-        self, address: str, module: str, arguments: list[str], title: list[str], env: dict[str, str]
+        self,
+        address: str,
+        module: str,
+        arguments: list[str],
+        title: list[str],
+        env: dict[str, str],
+        fds: tuple[int, int, int] = (0, 1, 2),
     ) -> None:
         name, _, server = address.rpartition(":")
         request = {
@@ -331,7 +342,7 @@ class ForkedWorker:
         self._socket.settimeout(REQUEST_TIMEOUT_S)
         try:
             self._socket.connect("\0" + name)
-            socket.send_fds(self._socket, [json.dumps(request).encode()], [0, 1, 2])
+            socket.send_fds(self._socket, [json.dumps(request).encode()], list(fds))
             reply = self._socket.recv(MAX_MESSAGE)
             self.pid = int(json.loads(reply)["pid"])
             self._socket.settimeout(None)

@@ -1,23 +1,29 @@
 """The local profile: worker processes on this machine, the same program a cluster node runs.
 
-daisy starts one small process per worker slot and calls :class:`LocalWorker`
-in it; that process starts the worker program (forked by the run's fork
-server, :mod:`blockwise.execution.forkserver`, for CPU stages) and watches it
-until it exits, so that no worker outlives its run and none keeps the driver
-waiting:
+Each worker slot of a stage starts the worker program and watches it until
+it exits, so that no worker outlives its run and none keeps the driver
+waiting. CPU stages with the run's fork server (:mod:`blockwise.execution.forkserver`)
+run their slots in the driver: daisy's scheduler calls :class:`DriverSlot` in
+a thread, which asks the fork server for the worker program. GPU stages, and
+every stage of a run without a fork server, run them as daisy does by
+default: daisy starts one small process per slot and calls
+:class:`LocalWorker` in it, which starts the worker program as a new
+interpreter (or through the fork server). Either way:
 
-- the worker program dies with it, and it dies with the driver (Linux
-  ``PR_SET_PDEATHSIG``): a driver killed by any signal, even ``SIGKILL``,
-  leaves no worker behind;
+- the worker program dies with the driver (Linux ``PR_SET_PDEATHSIG``, on the
+  fork server or on the slot process, and the fork server's child ends when
+  its slot's connection closes): a driver killed by any signal, even
+  ``SIGKILL``, leaves no worker behind;
 - when the run is interrupted (the driver's daisy scheduler stops listening,
-  or this process gets SIGINT or SIGTERM), the worker program is killed and
-  this process exits cleanly: a stopped worker, or one inside a long block,
-  does not hold the driver up;
+  or a slot process gets SIGINT or SIGTERM), the worker program is killed and
+  the slot ends cleanly: a stopped worker, or one inside a long block, does
+  not hold the driver up;
 - a worker that stays stopped (``SIGSTOP``, ``SIGTSTP``) for a whole block
   timeout is killed with ``SIGKILL``. A stopped process cannot run the block
   watchdog of its daisy client (which ends every other stuck block), and daisy
   would otherwise wait for it forever after every block is done; the block it
   held is given to another worker by daisy's own reclaim on the same timeout.
+  A stopped slot process is killed by the driver (:class:`SlotWatch`).
 
 Linux only where ``/proc`` and ``prctl`` are needed; elsewhere workers run
 unwatched.
@@ -38,7 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from blockwise.execution import (
     WORKER_MODULE,
@@ -62,6 +68,9 @@ POLL_S = 0.5
 PROBE_S = 1.0
 #: ``prctl`` option: the signal this process gets when its parent exits (Linux)
 _PR_SET_PDEATHSIG = 1
+#: set for a worker program started as a new interpreter by a thread of the driver:
+#: the driver's pid, which the program ties itself to at its start (see :func:`adopt`)
+PARENT_VARIABLE = "BLOCKWISE_WORKER_PARENT"
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -92,6 +101,18 @@ def _worker_setup(parent_pid: int) -> None:
     """
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def adopt() -> None:
+    """In a worker program at its start: die with the driver that asked for it, if one did.
+
+    A thread of the driver cannot run code between ``fork`` and ``exec`` safely
+    (``preexec_fn``), so a worker it starts as a new interpreter finds the
+    driver's pid in :data:`PARENT_VARIABLE` and calls :func:`_worker_setup` itself.
+    """
+    parent = os.environ.pop(PARENT_VARIABLE, None)
+    if parent is not None and parent.isdigit():
+        _worker_setup(int(parent))
 
 
 def is_stopped(pid: int) -> bool:
@@ -195,7 +216,7 @@ class LocalWorker:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu_ids[worker_id % len(self.gpu_ids)]
         proc = self._start(command, env)
         try:
-            returncode = self._watch(proc, stop, context)
+            returncode = watch(proc, self.stage, self.stuck_after_s, stop, context)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -239,44 +260,194 @@ class LocalWorker:
             command, env=env, preexec_fn=functools.partial(_worker_setup, os.getpid())
         )
 
-    def _watch(self, proc: _Process, stop: _StopRequest, context: Any) -> int:
-        """Wait for ``proc``; kill it when asked, when the scheduler ended, or when stuck.
 
-        Stuck: stopped for ``stuck_after_s``.
+def _descriptor(stream: Any, default: int) -> int:
+    """The file descriptor behind ``stream``; ``default`` for a stream without one (captured)."""
+    try:
+        return int(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return default
+
+
+class WorkerExitError(RuntimeError):
+    """A worker program a driver-run slot started exited non-zero or was killed.
+
+    ``daisy_worker_exit`` tells daisy's logging wrapper that the worker wrote
+    its own traceback (to the slot's log file) already, as daisy's own spawn
+    error does; daisy counts the exit against the stage's worker restarts.
+    """
+
+    daisy_worker_exit = True
+
+
+@dataclass(frozen=True)
+class DriverSlot:
+    """A worker slot the driver runs itself: no slot interpreter between daisy and the worker.
+
+    daisy's scheduler calls it in a thread of the driver, once per worker slot
+    (:func:`blockwise.execution.serve.serve_pipeline` hands it to daisy
+    unwrapped). It asks the run's fork server for the worker program, with the
+    slot's daisy context in the worker's environment and the slot's log files as
+    its output, and watches it as :class:`LocalWorker` does: killed when stopped
+    for a whole block timeout or when the scheduler ended; a non-zero exit is
+    a failed worker (:class:`WorkerExitError`). The worker dies with the fork server
+    and when this slot's connection to it closes, so with the driver. Where the
+    server cannot start it, the worker starts as a new interpreter that dies
+    with the driver (a warning says so).
+
+    Args:
+        config_path: the resolved config the worker reads.
+        stage: the daisy task id whose blocks the worker processes.
+        address: the fork server's address (``ADDRESS:SERVER_PID``).
+        stuck_after_s: seconds a worker may stay stopped before it is killed.
+    """
+
+    config_path: str
+    stage: str
+    address: str
+    stuck_after_s: float = 600.0
+    #: daisy must call this in the driver, not in a slot interpreter
+    in_driver: ClassVar[bool] = True
+
+    def __call__(self, *, context: Any = None) -> None:
+        """Run the worker program of this slot until it exits.
+
+        Raises:
+            WorkerExitError: if it exited non-zero or was killed while the scheduler listened.
         """
-        stopped_since: float | None = None
-        refused = 0
-        next_probe = time.monotonic() + PROBE_S
-        while True:
-            try:
-                return proc.wait(timeout=POLL_S)
-            except subprocess.TimeoutExpired:
-                pass
-            # the scheduler ended (the run was interrupted, or finished while the
-            # worker cannot notice): refused twice in a row, one hiccup is not enough
-            now = time.monotonic()
-            if context is not None and now >= next_probe:
-                next_probe = now + PROBE_S
-                refused = refused + 1 if scheduler_gone(context) else 0
-                stop.scheduler_gone = refused >= 2
-            if stop.signum is not None or stop.scheduler_gone:
-                proc.kill()  # SIGKILL: a stopped program ends too
-                return proc.wait()
-            if not is_stopped(proc.pid):
-                stopped_since = None
-                continue
-            if stopped_since is None:
-                stopped_since = now
-            elif now - stopped_since >= self.stuck_after_s:
-                logger.error(
-                    "worker %d of %s stopped for %.0f s (block timeout %.0f s); killing it",
-                    proc.pid,
-                    self.stage,
-                    now - stopped_since,
-                    self.stuck_after_s,
-                )
-                proc.kill()
-                return proc.wait()
+        from daisy import logging as daisy_logging
+
+        if context is not None and scheduler_gone(context):
+            return  # the run is ending (interrupted): no new worker
+        command = worker_command(self.config_path, self.stage)
+        env = dict(os.environ)
+        if context is not None:
+            env["DAISY_CONTEXT"] = context.to_env()
+        file_mode = daisy_logging.get_log_mode() == "file"
+        files = daisy_logging.current_slot_files() if file_mode else None
+        out, err = files if files is not None else (sys.stdout, sys.stderr)
+        out.flush()
+        err.flush()
+
+        def say(message: str) -> None:
+            """An error of this slot: in the driver's log and the slot's log file."""
+            logger.error("%s", message)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with contextlib.suppress(OSError, ValueError):
+                err.write(f"{stamp} {__name__} ERROR: {message}\n")
+                err.flush()
+
+        with open(os.devnull, "rb") as null:
+            fds = (null.fileno(), _descriptor(out, 1), _descriptor(err, 2))
+            proc = self._start(command, env, fds)
+        stop = _StopRequest()
+        try:
+            returncode = watch(proc, self.stage, self.stuck_after_s, stop, context, say)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if stop.scheduler_gone:
+            logger.info("%s worker stopped: the scheduler ended", self.stage)
+            return
+        if returncode != 0 and context is not None and _scheduler_stops(context, returncode):
+            # the run ended or was interrupted under it (a signal to the whole
+            # process group ends the workers too): a straggler, not a failed worker
+            logger.info("%s worker exited with %d as the scheduler stopped", self.stage, returncode)
+            return
+        if returncode != 0:
+            message = f"worker {' '.join(command)} exited with {returncode}"
+            say(message)
+            raise WorkerExitError(message)
+
+    def _start(
+        self, command: list[str], env: dict[str, str], fds: tuple[int, int, int]
+    ) -> _Process:
+        try:
+            return forkserver.ForkedWorker(
+                self.address,
+                WORKER_MODULE,
+                worker_arguments(self.config_path, self.stage),
+                command,
+                env,
+                fds,
+            )
+        except forkserver.ForkServerError as e:
+            logger.warning("%s; starting the worker as a new interpreter", e)
+        # no preexec_fn in a threaded driver: the worker ties itself to the driver
+        env[PARENT_VARIABLE] = str(os.getpid())
+        return subprocess.Popen(command, env=env, stdin=fds[0], stdout=fds[1], stderr=fds[2])
+
+
+#: seconds a worker that a signal ended waits for the scheduler to stop before
+#: it counts as failed (a signal to the whole process group reaches the workers
+#: first, the driver's scheduler stops a moment later)
+SIGNALLED_GRACE_S = 2.0
+
+
+def _scheduler_stops(context: Any, returncode: int) -> bool:
+    """Whether the scheduler stopped, or (for a worker a signal ended) stops within a grace."""
+    deadline = time.monotonic() + (SIGNALLED_GRACE_S if returncode < 0 else 0.0)
+    while True:
+        if scheduler_gone(context):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def watch(
+    proc: _Process,
+    stage: str,
+    stuck_after_s: float,
+    stop: _StopRequest,
+    context: Any,
+    say: Callable[[str], None] | None = None,
+) -> int:
+    """Wait for a worker program; kill it when asked, when the scheduler ended, or when stuck.
+
+    Args:
+        proc: the worker program.
+        stage: its stage (daisy task id), for the log.
+        stuck_after_s: seconds it may stay stopped (``SIGSTOP``) before it is killed.
+        stop: set by whoever may ask for an early end (a signal handler).
+        context: the daisy worker context naming the scheduler (None: not probed).
+        say: where the error that a stuck worker was killed goes (default: logged).
+
+    Returns:
+        Its exit status (negative: the signal that ended it).
+    """
+    stopped_since: float | None = None
+    refused = 0
+    next_probe = time.monotonic() + PROBE_S
+    while True:
+        try:
+            return proc.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+        # the scheduler ended (the run was interrupted, or finished while the
+        # worker cannot notice): refused twice in a row, one hiccup is not enough
+        now = time.monotonic()
+        if context is not None and now >= next_probe:
+            next_probe = now + PROBE_S
+            refused = refused + 1 if scheduler_gone(context) else 0
+            stop.scheduler_gone = refused >= 2
+        if stop.signum is not None or stop.scheduler_gone:
+            proc.kill()  # SIGKILL: a stopped program ends too
+            return proc.wait()
+        if not is_stopped(proc.pid):
+            stopped_since = None
+            continue
+        if stopped_since is None:
+            stopped_since = now
+        elif now - stopped_since >= stuck_after_s:
+            message = (
+                f"worker {proc.pid} of {stage} stopped for {now - stopped_since:.0f} s "
+                f"(block timeout {stuck_after_s:.0f} s); killing it"
+            )
+            (say or logger.error)(message)
+            proc.kill()
+            return proc.wait()
 
 
 def _slot_processes() -> list[int]:
@@ -393,6 +564,9 @@ class LocalProfile:
 
         gpus = visible_gpus() if task.stage.resources(ctx.config).gpus else ()
         timeout_s = stage_execution(ctx.config, task.stage).block_timeout_s
+        if self.fork_server is not None and not gpus:
+            address = self.fork_server.published
+            return DriverSlot(str(self.config_path), task.name, address, timeout_s)
         return LocalWorker(str(self.config_path), task.name, gpus, timeout_s)
 
     def teardown(self, interrupted: bool = False) -> None:

@@ -29,7 +29,9 @@ numbers below are scored afterwards, outside the timings):
   input and writing fragments, graph, task files and segmentations;
 * ``global``: the same with ``segments.method: global``;
   (``--block-shape Z Y X`` gives both other blocks: a block floods its
-  context too, so larger blocks flood fewer voxels in all);
+  context too, so larger blocks flood fewer voxels in all; ``--chunk-shape
+  Z Y X`` other output chunks: every chunk of every array written is one
+  file, and creating files is what a run's kernel time goes to);
 * ``whole``: the same config with one block covering the volume, in-process
   (the whole-volume pipeline, the exact reference);
 * ``waterz``: ``waterz.agglomerate`` (0.10.1, mean affinity) on the whole
@@ -55,7 +57,8 @@ in DIR for a look afterwards.
 Not collected by pytest; run as
 
     BLOCKWISE_DATA=../shared/data python tests/benchmarks/bench_run_e2e.py \
-        [--volume {fib25,synthetic}] [--block-shape Z Y X] [--json PATH]
+        [--volume {fib25,synthetic}] [--block-shape Z Y X] [--chunk-shape Z Y X]
+        [--json PATH]
         [--skip METHOD ...] [--work DIR]
 """
 
@@ -404,7 +407,16 @@ def main() -> None:
         default=None,
         metavar=("Z", "Y", "X"),
         help="extract_fragments blocks of the block-wise runs (voxels; default the demo "
-        "config's 64 64 64); a multiple of the output chunks (32)",
+        "config's 64 64 64); a multiple of the output chunks",
+    )
+    parser.add_argument(
+        "--chunk-shape",
+        nargs=3,
+        type=int,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="output chunks of the block-wise runs (voxels; default the demo config's "
+        "32 32 32): each chunk of each written array is one file",
     )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
@@ -443,13 +455,18 @@ def main() -> None:
             "description": volume.description,
         }
         results["block_shape_vx"] = args.block_shape or "fib25_demo.yaml's"
+        results["chunk_shape_vx"] = args.chunk_shape or "fib25_demo.yaml's"
         print(f"volume {volume.name}: {volume.description}; {mvox:.1f} MVox")
         print(f"scores on the {volume.eval_region}; skipped: {args.skip or 'none'}")
-        blocks = (
+        blocks: dict[str, Any] = (
             {"extract_fragments": {"block_shape_vx": args.block_shape}} if args.block_shape else {}
         )
+        if args.chunk_shape:
+            blocks["output"] = {"chunk_shape_vx": args.chunk_shape}
         if args.block_shape:
             print(f"block-wise runs with blocks of {args.block_shape} voxels")
+        if args.chunk_shape:
+            print(f"block-wise runs with output chunks of {args.chunk_shape} voxels")
         runs = {
             "hierarchical": (write_config(work, volume, "hierarchical", **blocks), []),
             "global": (

@@ -103,16 +103,22 @@ def workers_of(run_dir: Path) -> dict[int, str]:
     }
 
 
-def slot_processes(driver_pid: int) -> dict[int, str]:
-    """daisy's per-slot processes (they start and watch the worker programs)."""
+def children_running(driver_pid: int, needle: str) -> dict[int, str]:
+    """The driver's children whose command line holds ``needle``."""
     found = {}
     for pid in _pids():
         stat = _proc_stat(pid)
         if stat is not None and stat[0] == driver_pid:
             cmd = _cmdline(pid)
-            if "daisy._subprocess_worker" in cmd:
+            if needle in cmd:
                 found[pid] = cmd
     return found
+
+
+def slot_processes(driver_pid: int) -> dict[int, str]:
+    """daisy's per-slot processes (they start and watch the worker programs where the
+    run has no fork server; with one, the driver's threads do)."""
+    return children_running(driver_pid, "daisy._subprocess_worker")
 
 
 def survivors(processes: dict[int, str]) -> dict[int, str]:
@@ -308,12 +314,15 @@ def test_a_signalled_driver_stops_every_worker_summarises_and_resumes(
     wait_for_workers(driver, run_dir, "extract_fragments", done=1)
     time.sleep(0.2)  # daisy tells the driver's progress observer right after the marker
     workers = wait_for_workers(driver, run_dir, "extract_fragments", done=1)
-    slots = slot_processes(driver.pid)
-    assert slots, "daisy's worker slot processes were not found"
+    # the fork server forks the workers and the driver's threads watch them: no
+    # worker-slot interpreters in between
+    assert not slot_processes(driver.pid), "a worker slot interpreter runs beside the fork server"
+    servers = children_running(driver.pid, "blockwise.execution.forkserver")
+    assert servers, "the run's fork server was not found"
     if stop_one_worker:
         # a stopped worker cannot notice anything; it must not keep the driver waiting
         os.kill(next(iter(workers)), signal.SIGSTOP)
-    everything = {**workers, **slots}
+    everything = {**workers, **servers}
 
     sent = time.monotonic()
     if to_group:
@@ -376,10 +385,31 @@ def test_a_signalled_driver_stops_every_worker_summarises_and_resumes(
     assert_identical(run_dir, reference)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_driver_killed_with_sigkill_leaves_no_worker_behind(tmp_path: Path, gala: Path) -> None:
+    # the driver alone: its threads watched the workers, and nothing runs its teardown
+    run_dir = tmp_path / "run"
+    path = write_config(tmp_path, gala_config(gala, run_dir))
+    driver = start_driver(path)
+    workers = wait_for_workers(driver, run_dir, "extract_fragments", done=1)
+    servers = children_running(driver.pid, "blockwise.execution.forkserver")
+    assert servers, "the run's fork server was not found"
+    driver.kill()
+    driver.communicate(timeout=60)
+    everything = {**workers, **servers}
+    deadline = time.monotonic() + 10
+    while (survivors(everything) or workers_of(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not survivors(everything), "worker processes outlived the driver"
+    assert not workers_of(run_dir), "worker processes outlived the driver"
+
+
 def run_with_one_stopped(
     tmp_path: Path,
     gala: Path,
     pick: Callable[[subprocess.Popen[str], dict[int, str]], int],
+    env: dict[str, str] | None = None,
 ) -> tuple[Path, int, float]:
     """A gala run in which one process, chosen by ``pick``, is stopped (SIGSTOP).
 
@@ -389,7 +419,7 @@ def run_with_one_stopped(
     """
     run_dir = tmp_path / "run"
     path = write_config(tmp_path, gala_config(gala, run_dir, block_timeout_s=BLOCK_TIMEOUT_S))
-    driver = start_driver(path)
+    driver = start_driver(path, env)
     victim = pick(driver, wait_for_workers(driver, run_dir, "extract_fragments", chunks=6))
     os.kill(victim, signal.SIGSTOP)
     stopped = time.monotonic()
@@ -422,9 +452,15 @@ def test_a_worker_stopped_mid_block_does_not_keep_the_run_from_finishing(
 def test_a_stopped_worker_slot_process_does_not_keep_the_run_from_finishing(
     tmp_path: Path, gala: Path, reference: Path
 ) -> None:
-    """daisy's per-slot process (the worker's watcher) stopped: the driver kills it."""
+    """daisy's per-slot process (the worker's watcher) stopped: the driver kills it.
+
+    Slot processes start the workers where the run has no fork server.
+    """
     run_dir, victim, _ = run_with_one_stopped(
-        tmp_path, gala, lambda driver, workers: next(iter(slot_processes(driver.pid)))
+        tmp_path,
+        gala,
+        lambda driver, workers: next(iter(slot_processes(driver.pid))),
+        dict(os.environ, BLOCKWISE_FORK_SERVER="0"),
     )
     assert _proc_stat(victim) is None, "the stopped slot process is still there"
     assert_identical(run_dir, reference)
