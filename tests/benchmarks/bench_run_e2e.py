@@ -416,7 +416,7 @@ def main() -> None:
         default=None,
         metavar=("Z", "Y", "X"),
         help="output chunks of the block-wise runs (voxels; default the demo config's "
-        "32 32 32): each chunk of each written array is one file",
+        "64 64 64): each chunk of each written array is one file",
     )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
