@@ -17,15 +17,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blockwise.config import ExtractFragmentsConfig
+from blockwise.kernels.components import component_boxes, label_components
 from blockwise.kernels.distance import distance_transform
 from blockwise.kernels.peaks import window_peaks
 from blockwise.kernels.relabel import first_occurrences, relabel
 from blockwise.kernels.watershed import seeded_watershed
 
-# scipy.ndimage is imported where it is used: this module is imported by the
-# extract_fragments stage, which the driver imports for the stage's description
-# only, and scipy.ndimage costs it a quarter of a second before any block can
-# start (workers get it preloaded by the fork server)
+# no scipy here: the compiled kernels give scipy.ndimage's results (labels, boxes,
+# maxima, distances), and a worker (and the fork server that preloads what workers
+# import) does not spend 0.15-0.25 s importing it before its first block
 
 __all__ = ["fragments_from_affinities"]
 
@@ -193,17 +193,13 @@ def _find_seeds(
     per_section: bool,
 ) -> tuple[NDArray[np.integer], int]:
     """Label the window maxima of ``depth_nm`` (> 0), one id per connected group."""
-    from scipy import ndimage
-
     window = [_window_vx(min_seed_distance_nm, s) for s in voxel_nm]
-    structure = ndimage.generate_binary_structure(3, 1)
     if per_section:
         window[0] = 1
-        structure[0] = structure[2] = False  # no seed spans two sections
     # (depth_nm == ndimage.maximum_filter(depth_nm, size=window)) & (depth_nm > 0)
     is_peak = window_peaks(depth_nm, window)
-    seeds, n_seeds = ndimage.label(is_peak, structure=structure)
-    return seeds, int(n_seeds)
+    # 6-connected groups; per section 4-connected (no seed spans two sections)
+    return label_components(is_peak, planar=per_section)
 
 
 def _window_vx(distance_nm: float, voxel_nm: float) -> int:
@@ -248,17 +244,17 @@ def _merge_small_fragments(
     is a whole component of ``mask`` (or the whole volume): it becomes one
     fragment, with a new id after ``top_id``.
     """
-    from scipy import ndimage
-
-    groups, _ = ndimage.label(is_small[fragments.view(np.int64)])
-    for label, found in enumerate(ndimage.find_objects(groups), start=1):
+    groups, count = label_components(is_small[fragments.view(np.int64)])
+    for label, found in enumerate(component_boxes(groups, count), start=1):
+        if found is None:  # every label 1..count has voxels; kept for the type
+            continue
         box = tuple(
             slice(max(0, s.start - 1), min(n, s.stop + 1))
             for s, n in zip(found, groups.shape, strict=True)
         )
         group = groups[box] == label
         # the 6-neighbours of the group (the box holds them: it is grown by one)
-        touching = ndimage.binary_dilation(group) & ~group
+        touching = _grow6(group) & ~group
         if mask is not None:
             touching &= mask[box]
         region = fragments[box]  # a view: written in place
@@ -271,6 +267,18 @@ def _merge_small_fragments(
             np.ascontiguousarray(surface[box]), seeds, group | touching, overwrite_seeds=True
         )
         region[group] = flooded[group]
+
+
+def _grow6(region: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """``region`` and its 6-neighbours inside the array (``ndimage.binary_dilation``'s default)."""
+    grown = region.copy()
+    for axis in range(region.ndim):
+        ahead = [slice(None)] * region.ndim
+        behind = [slice(None)] * region.ndim
+        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+        grown[tuple(ahead)] |= region[tuple(behind)]
+        grown[tuple(behind)] |= region[tuple(ahead)]
+    return grown
 
 
 class _MaskComponents:
@@ -295,9 +303,7 @@ class _MaskComponents:
                 return seeds, top_id + 1
             return seeds, top_id
         if self._labels is None:
-            from scipy import ndimage
-
-            self._labels, self._count = ndimage.label(self._mask)
+            self._labels, self._count = label_components(self._mask)
         has_seed = np.zeros(self._count + 1, dtype=bool)
         has_seed[self._labels[seeds != 0]] = True
         has_seed[0] = True

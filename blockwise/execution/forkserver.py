@@ -67,12 +67,10 @@ class ForkServerError(OSError):
 # -- the server ------------------------------------------------------------------
 
 
-#: what blocks import at their first read or flood, beyond the stage modules: the
-#: HDF5 and fsspec layers of the input readers (h5py's import also runs ``uname -p``
-#: once, for ``platform.uname()``, whose answer the forked workers then inherit), and
-#: scipy.ndimage, which :mod:`blockwise.fragments` imports where it floods, to keep it
-#: out of the driver
-LATE_IMPORTS = ("h5py", "fsspec", "multiprocessing.synchronize", "scipy.ndimage")
+#: what blocks import at their first read, beyond the stage modules: the HDF5 and
+#: fsspec layers of the input readers (h5py's import also runs ``uname -p`` once, for
+#: ``platform.uname()``, whose answer the forked workers then inherit)
+LATE_IMPORTS = ("h5py", "fsspec", "multiprocessing.synchronize")
 
 
 def _preload() -> None:

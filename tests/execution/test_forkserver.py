@@ -260,25 +260,30 @@ def test_the_preload_covers_what_reading_an_hdf5_input_imports(tmp_path: Path) -
     assert printed_by(code) == "[]"
 
 
-def test_the_preload_covers_what_a_flood_imports() -> None:
-    # blockwise.fragments imports scipy.ndimage where it floods (to keep it out of
-    # the driver); a forked worker must find it loaded already
+def test_the_preload_covers_what_a_flood_imports_and_neither_imports_scipy() -> None:
+    # a forked worker must find what a flood imports loaded already; and neither
+    # needs scipy (0.15-0.25 s of import before the first block), whose results the
+    # kernels give: seeds per section, small fragments and mask components included
     code = textwrap.dedent(
         """
         import sys
         import numpy as np
         from blockwise.execution.forkserver import _preload
         _preload()
-        before = set(sys.modules)
-        from blockwise.fragments import fragments_from_affinities
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(0)  # the test's data: numpy.random is not the flood's
         affs = rng.random((3, 12, 12, 12)).astype(np.float32)
         mask = rng.random((12, 12, 12)) > 0.1
-        fragments_from_affinities(affs, (10, 10, 10), min_fragment_size_vx=5, mask=mask)
-        print(sorted(set(sys.modules) - before))
+        before = set(sys.modules)
+        from blockwise.fragments import fragments_from_affinities
+        for per_section in (False, True):
+            fragments_from_affinities(
+                affs, (10, 10, 10), min_fragment_size_vx=5, mask=mask,
+                seeds_per_section=per_section,
+            )
+        print(sorted(set(sys.modules) - before), [m for m in sys.modules if "scipy" in m])
         """
     )
-    assert printed_by(code) == "[]"
+    assert printed_by(code) == "[] []"
 
 
 def test_the_driver_does_not_import_scipy() -> None:
