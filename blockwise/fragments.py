@@ -381,13 +381,13 @@ def fragments_for_config(
     voxel_size: Sequence[int],
     params: ExtractFragmentsConfig,
     mask: NDArray[np.bool_] | None,
-) -> NDArray[np.uint64]:
+) -> tuple[NDArray[np.uint64], int]:
     """:func:`fragments_from_affinities` with a run's ``extract_fragments`` parameters.
 
-    Returns the fragments (local ids 1..n). extract_fragments and the cut-basin
-    detection of agglomerate both call this, so both flood exactly alike.
+    Returns the fragments (local ids 1..n) and n. extract_fragments and the
+    cut-basin detection of agglomerate both call this, so both flood exactly alike.
     """
-    fragments, _ = fragments_from_affinities(
+    return fragments_from_affinities(
         affs,
         (voxel_size[0], voxel_size[1], voxel_size[2]),
         boundary_threshold=params.boundary_threshold,
@@ -396,4 +396,3 @@ def fragments_for_config(
         min_fragment_size_vx=params.min_fragment_size_vx,
         mask=mask,
     )
-    return fragments

@@ -81,7 +81,7 @@ def test_cut_pairs_from_the_saved_flood_equal_those_of_a_second_flood(
         block = tiling.block("agglomerate", write.grow(tiling.context_nm, tiling.context_nm), write)
         fragments = ctx.fragments.read(block.read_roi)
         saved = agglomerate.cut_basins(ctx, block, fragments)
-        again = fragments_for_config(
+        again, _ = fragments_for_config(
             ctx.read_affinities(block.read_roi),
             ctx.voxel_size,
             config.extract_fragments,

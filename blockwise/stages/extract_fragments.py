@@ -12,7 +12,6 @@ the basins that block faces cut from it.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from funlib.geometry import Coordinate, Roi
 from blockwise.basin_files import save_basins
 from blockwise.fragments import fragments_for_config
 from blockwise.geometry import roi_slices
-from blockwise.kernels.relabel import consecutive
+from blockwise.kernels.block_numbering import BlockFragments, number_block
 from blockwise.layout import FRAGMENTS_DATASET
 from blockwise.run_context import RunContext
 from blockwise.stage import BlockFunction, Stage, StageBlock, Tiling
@@ -51,51 +50,44 @@ def fragment_nodes(
 
     The centre is the mean of the fragment's voxel offsets in world units.
     """
-    # Integer coordinates summed in float64 are exact (sums stay far below
-    # 2**53), so summing slab by slab gives the bytes of one sum over the volume,
-    # without a coordinate array (8 bytes per voxel) per axis. A slab holds at
-    # least as many voxels as there are labels, so the per-slab bincounts never
-    # cost more than the voxels they count.
-    sizes = np.zeros(count + 1, dtype=np.int64)
-    centers = np.zeros((count + 1, 3), dtype=np.float64)
-    depth, height, width = labels.shape
-    if labels.size == 0:
-        return NodeTable(
-            np.zeros(0, np.uint64), np.zeros((0, 3), np.float64), np.zeros(0, np.int64)
-        )
-    thickness = min(depth, max(1, math.ceil((count + 1) / (height * width))))
-    grid = np.indices((thickness, height, width), dtype=np.float64).reshape(3, -1)
-    for z in range(0, depth, thickness):
-        slab = labels[z : z + thickness].ravel().astype(np.intp)
-        used = slab.size
-        sizes += np.bincount(slab, minlength=count + 1)
-        centers[:, 0] += np.bincount(slab, weights=grid[0, :used] + z, minlength=count + 1)
-        centers[:, 1] += np.bincount(slab, weights=grid[1, :used], minlength=count + 1)
-        centers[:, 2] += np.bincount(slab, weights=grid[2, :used], minlength=count + 1)
-    centers = centers[1:] / sizes[1:, None]
+    numbered = number_block(np.asarray(labels, dtype=np.uint64), count, first_id)
+    return nodes_of(numbered, first_id, roi, voxel_size)
+
+
+def nodes_of(
+    numbered: BlockFragments, first_id: int, roi: Roi, voxel_size: tuple[int, ...]
+) -> NodeTable:
+    """The nodes of fragments numbered by :func:`~blockwise.kernels.block_numbering.number_block`.
+
+    The coordinate sums are whole numbers far below 2**53, so the float64 mean
+    is the one of an exact sum (the same bytes as a float64 sum in any order).
+    """
+    sizes = numbered.sizes
+    centers = numbered.coordinate_sums.astype(np.float64) / sizes[:, None]
     centers = centers * np.asarray(voxel_size, dtype=np.float64) + np.asarray(
         roi.begin, dtype=np.float64
     )
-    ids = np.arange(first_id, first_id + count, dtype=np.uint64)
-    return NodeTable(ids, centers, sizes[1:].astype(np.int64))
+    ids = np.arange(first_id, first_id + numbered.n_fragments, dtype=np.uint64)
+    return NodeTable(ids, centers.reshape(-1, 3), sizes.astype(np.int64))
 
 
 def extract_block(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, NodeTable, np.ndarray]:
     """Fragments (global ids) of the block's write ROI, their nodes, and the flood of its
     read ROI (local ids); writes nothing."""
-    local = fragments_for_config(
+    local, top = fragments_for_config(
         ctx.read_affinities(block.read_roi),
         ctx.voxel_size,
         ctx.config.extract_fragments,
         ctx.read_mask(block.read_roi),
     )
-    cropped, count = consecutive(
-        np.ascontiguousarray(local[roi_slices(block.write_roi, block.read_roi, ctx.voxel_size)])
-    )
     id_range = ctx.fragment_ids.id_range(block.index)
-    fragments = np.where(cropped != 0, cropped + np.uint64(id_range.first - 1), np.uint64(0))
-    nodes = fragment_nodes(cropped, count, id_range.first, block.write_roi, ctx.voxel_size)
-    return fragments.astype(np.uint64), nodes, local
+    # the local ids present in the write ROI, renumbered in increasing order from
+    # the block's first id: the ids of consecutive(crop) + first - 1
+    numbered = number_block(
+        local[roi_slices(block.write_roi, block.read_roi, ctx.voxel_size)], top, id_range.first
+    )
+    nodes = nodes_of(numbered, id_range.first, block.write_roi, ctx.voxel_size)
+    return numbered.ids, nodes, local
 
 
 def process_block(ctx: RunContext, block: StageBlock) -> None:
