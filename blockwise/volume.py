@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from funlib.geometry import Coordinate, Roi
 from blockwise.config import DatasetConfig
 from blockwise.errors import InputError
 from blockwise.geometry import roi_slices
+from blockwise.hdf5_chunks import deflate_only, read_deflate
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +158,12 @@ class Volume:
         """Whether the array is a zarr array (chunks are files)."""
         return isinstance(self.array, zarr.Array)
 
+    @cached_property
+    def _inflates_chunks(self) -> bool:
+        """Whether reads go through :func:`~blockwise.hdf5_chunks.read_deflate` (HDF5
+        with deflate as its only filter)."""
+        return not self.is_zarr and deflate_only(self.array)
+
     def chunk_file(self, chunk: tuple[int, ...]) -> Path:
         """The file holding zarr chunk ``chunk`` (grid coordinates, channel axis included)."""
         return self.path / self.array._chunk_key(tuple(chunk))
@@ -253,6 +261,8 @@ class Volume:
             if missing:
                 raise self._missing_error(missing[0], roi)
         try:
+            if self._inflates_chunks:
+                return read_deflate(self.array, slices)
             return np.asarray(self.array[slices])
         except Exception as e:
             # find the chunk that does not decode, to name its file
