@@ -9,21 +9,57 @@ the block needs. It applies only where deflate is the dataset's one filter and
 the dtype is a native number: anything else (shuffle, fletcher32, szip,
 compact or contiguous layout) is read by h5py as before. Unallocated chunks
 read as the dataset's fill value, as h5py reads them; a chunk stored with its
-filter skipped (filter mask bit set) is taken as stored.
+filter skipped (filter mask bit set) is taken as stored. Inflated chunks are
+kept in a :class:`ChunkCache` (least recently used out first), so that
+neighbouring blocks read by one worker inflate the chunks they share once, as
+HDF5's own chunk cache does for h5py's reads.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 from isal import isal_zlib
 
-__all__ = ["deflate_only", "read_deflate"]
+__all__ = ["ChunkCache", "deflate_only", "read_deflate"]
 
 #: HDF5's filter id of deflate (gzip)
 _FILTER_DEFLATE = 1
+
+
+class ChunkCache:
+    """Inflated chunks of one dataset, at most ``max_bytes`` of them, least recently used
+    out first.
+
+    Args:
+        max_bytes: the budget; a chunk larger than it is not kept.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._chunks: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, origin: tuple[int, ...]) -> tuple[bool, np.ndarray | None]:
+        """(found, the chunk or None for an unallocated one)."""
+        if origin not in self._chunks:
+            return False, None
+        self._chunks.move_to_end(origin)
+        return True, self._chunks[origin]
+
+    def put(self, origin: tuple[int, ...], chunk: np.ndarray | None) -> None:
+        """Keep ``chunk`` (None: unallocated), dropping the least recently used to fit."""
+        size = 0 if chunk is None else chunk.nbytes
+        if size > self.max_bytes or origin in self._chunks:
+            return
+        while self._chunks and self._bytes + size > self.max_bytes:
+            _, dropped = self._chunks.popitem(last=False)
+            self._bytes -= 0 if dropped is None else dropped.nbytes
+        self._chunks[origin] = chunk
+        self._bytes += size
 
 
 def deflate_only(dataset: Any) -> bool:
@@ -39,12 +75,15 @@ def deflate_only(dataset: Any) -> bool:
     return bool(plist.get_nfilters() == 1 and plist.get_filter(0)[0] == _FILTER_DEFLATE)
 
 
-def read_deflate(dataset: Any, selection: tuple[slice, ...]) -> np.ndarray:
+def read_deflate(
+    dataset: Any, selection: tuple[slice, ...], cache: ChunkCache | None = None
+) -> np.ndarray:
     """``dataset[selection]`` for a dataset :func:`deflate_only` accepts; the same array.
 
     Args:
         dataset: an h5py dataset.
         selection: one slice per axis, step 1 (or None).
+        cache: inflated chunks of this dataset kept between reads (None: none kept).
 
     Raises:
         ValueError: on a selection of another length or with a step.
@@ -76,7 +115,11 @@ def read_deflate(dataset: Any, selection: tuple[slice, ...]) -> np.ndarray:
             lo, hi = max(a, o), min(b, o + c)
             target.append(slice(lo - a, hi - a))
             source.append(slice(lo - o, hi - o))
-        chunk = _chunk(dataset, origin, chunk_shape, dtype)
+        found, chunk = cache.get(origin) if cache is not None else (False, None)
+        if not found:
+            chunk = _chunk(dataset, origin, chunk_shape, dtype)
+            if cache is not None:
+                cache.put(origin, chunk)
         if chunk is None:
             out[tuple(target)] = fill
         else:

@@ -27,7 +27,7 @@ from funlib.geometry import Coordinate, Roi
 from blockwise.config import DatasetConfig
 from blockwise.errors import InputError
 from blockwise.geometry import roi_slices
-from blockwise.hdf5_chunks import deflate_only, read_deflate
+from blockwise.hdf5_chunks import ChunkCache, deflate_only, read_deflate
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,11 @@ class Volume:
         with deflate as its only filter)."""
         return not self.is_zarr and deflate_only(self.array)
 
+    @cached_property
+    def _chunk_cache(self) -> ChunkCache:
+        """The inflated chunks kept between this volume's reads (as HDF5's chunk cache)."""
+        return ChunkCache(HDF5_CHUNK_CACHE_BYTES)
+
     def chunk_file(self, chunk: tuple[int, ...]) -> Path:
         """The file holding zarr chunk ``chunk`` (grid coordinates, channel axis included)."""
         return self.path / self.array._chunk_key(tuple(chunk))
@@ -262,7 +267,7 @@ class Volume:
                 raise self._missing_error(missing[0], roi)
         try:
             if self._inflates_chunks:
-                return read_deflate(self.array, slices)
+                return read_deflate(self.array, slices, self._chunk_cache)
             return np.asarray(self.array[slices])
         except Exception as e:
             # find the chunk that does not decode, to name its file

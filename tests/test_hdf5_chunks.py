@@ -128,3 +128,35 @@ def test_fib25_affinities_read_through_a_volume_equal_h5py() -> None:
                 volume.roi.begin + begin * volume.voxel_size, (end - begin) * volume.voxel_size
             )
             np.testing.assert_array_equal(volume.read(roi), reference[(slice(None), *selection)])
+
+
+def test_the_cache_inflates_each_chunk_once_within_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blockwise import hdf5_chunks
+
+    inflated: list[int] = []
+    real = hdf5_chunks.isal_zlib.decompress
+
+    def counting(data: bytes) -> bytes:
+        inflated.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(hdf5_chunks.isal_zlib, "decompress", counting)
+    data = np.arange(16 * 16 * 16, dtype=np.uint16).reshape(16, 16, 16)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("a", data=data, chunks=(8, 8, 8), compression="gzip")
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        dataset = f["a"]
+        chunk_bytes = 8 * 8 * 8 * 2
+        cache = hdf5_chunks.ChunkCache(3 * chunk_bytes)  # room for three of the eight
+        first = (slice(0, 8), slice(0, 8), slice(0, 16))  # two chunks
+        np.testing.assert_array_equal(read_deflate(dataset, first, cache), data[first])
+        np.testing.assert_array_equal(read_deflate(dataset, first, cache), data[first])
+        assert len(inflated) == 2  # the second read came from the cache
+        whole = (slice(None),) * 3
+        np.testing.assert_array_equal(read_deflate(dataset, whole, cache), data)
+        assert len(inflated) == 2 + 6  # only the six chunks not kept
+        # the budget held: the two first chunks were dropped (least recently used)
+        np.testing.assert_array_equal(read_deflate(dataset, first, cache), data[first])
+        assert len(inflated) == 2 + 6 + 2
