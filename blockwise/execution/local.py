@@ -339,7 +339,10 @@ class DriverSlot:
 
         with open(os.devnull, "rb") as null:
             fds = (null.fileno(), _descriptor(out, 1), _descriptor(err, 2))
-            proc = self._start(command, env, fds)
+            proc = self._start(command, env, fds, context)
+        if proc is None:
+            logger.info("%s: no worker started, the run is ending", self.stage)
+            return
         stop = _StopRequest()
         try:
             returncode = watch(proc, self.stage, self.stuck_after_s, stop, context, say)
@@ -350,7 +353,8 @@ class DriverSlot:
         if stop.scheduler_gone:
             logger.info("%s worker stopped: the scheduler ended", self.stage)
             return
-        if returncode != 0 and context is not None and _scheduler_stops(context, returncode):
+        grace_s = SIGNALLED_GRACE_S if returncode < 0 else 0.0
+        if returncode != 0 and context is not None and _scheduler_stops(context, grace_s):
             # the run ended or was interrupted under it (a signal to the whole
             # process group ends the workers too): a straggler, not a failed worker
             logger.info("%s worker exited with %d as the scheduler stopped", self.stage, returncode)
@@ -361,8 +365,10 @@ class DriverSlot:
             raise WorkerExitError(message)
 
     def _start(
-        self, command: list[str], env: dict[str, str], fds: tuple[int, int, int]
-    ) -> _Process:
+        self, command: list[str], env: dict[str, str], fds: tuple[int, int, int], context: Any
+    ) -> _Process | None:
+        """The worker program, forked by the server; None if the server is gone because
+        the run is ending (a signal to the whole process group stops it too)."""
         try:
             return forkserver.ForkedWorker(
                 self.address,
@@ -373,21 +379,24 @@ class DriverSlot:
                 fds,
             )
         except forkserver.ForkServerError as e:
+            if context is not None and _scheduler_stops(context, SIGNALLED_GRACE_S):
+                return None
             logger.warning("%s; starting the worker as a new interpreter", e)
         # no preexec_fn in a threaded driver: the worker ties itself to the driver
         env[PARENT_VARIABLE] = str(os.getpid())
         return subprocess.Popen(command, env=env, stdin=fds[0], stdout=fds[1], stderr=fds[2])
 
 
-#: seconds a worker that a signal ended waits for the scheduler to stop before
-#: it counts as failed (a signal to the whole process group reaches the workers
-#: first, the driver's scheduler stops a moment later)
+#: seconds a slot whose worker a signal ended (or whose fork server is gone) waits
+#: for the scheduler to stop before it counts the worker as failed (or starts a new
+#: interpreter): a signal to the whole process group reaches the workers and the
+#: server first, the driver's scheduler stops a moment later
 SIGNALLED_GRACE_S = 2.0
 
 
-def _scheduler_stops(context: Any, returncode: int) -> bool:
-    """Whether the scheduler stopped, or (for a worker a signal ended) stops within a grace."""
-    deadline = time.monotonic() + (SIGNALLED_GRACE_S if returncode < 0 else 0.0)
+def _scheduler_stops(context: Any, grace_s: float) -> bool:
+    """Whether the scheduler stopped, or stops within ``grace_s`` seconds."""
+    deadline = time.monotonic() + grace_s
     while True:
         if scheduler_gone(context):
             return True

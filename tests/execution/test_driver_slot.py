@@ -274,3 +274,19 @@ def test_without_a_fork_server_the_worker_is_a_new_interpreter_tied_to_the_drive
     # dies with the driver and ignores SIGINT, as a forked worker does
     assert record["parent_variable"] is None
     assert record["sigint_ignored"]
+
+
+@pytest.mark.timeout(60)
+def test_a_slot_whose_server_went_with_the_run_starts_no_worker(
+    server: forkserver.ForkServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a signal to the whole process group stops the fork server and, a moment
+    # later, the scheduler: a slot asked for in between starts nothing
+    out = tmp_path / "out"
+    published = server.published
+    server.stop(wait_s=0.0)
+    scheduler, context = listening()
+    threading.Timer(0.5, scheduler.close).start()
+    local.DriverSlot(str(out), "quick", published)(context=context)
+    assert not records(out)
+    assert "starting the worker as a new interpreter" not in caplog.text
