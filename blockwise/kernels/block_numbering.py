@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blockwise.kernels import _block_numbering
+from blockwise.kernels.checks import require_volume
 
 __all__ = ["BlockFragments", "number_block"]
 
@@ -42,13 +43,7 @@ def number_block(local: NDArray[np.uint64], top: int, first_id: int) -> BlockFra
         ValueError: on a dtype or shape other than 3D uint64, ``first_id`` < 1,
             ids that would pass 2**64 - 1, or a local id above ``top``.
     """
-    if not isinstance(local, np.ndarray) or local.ndim != 3 or local.dtype != np.uint64:
-        received = (
-            f"{local.ndim}D {local.dtype}"
-            if isinstance(local, np.ndarray)
-            else type(local).__name__
-        )
-        raise ValueError(f"local must be a 3D uint64 numpy array, received {received}")
+    require_volume("local", local, np.uint64)
     if top < 0 or first_id < 1 or first_id + top - 1 > np.iinfo(np.uint64).max:
         raise ValueError(
             f"expected top >= 0 and global ids first_id..first_id + top - 1 in "

@@ -6,6 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blockwise.kernels import _components
+from blockwise.kernels.checks import require_volume
 
 __all__ = ["component_boxes", "label_components"]
 
@@ -34,11 +35,7 @@ def label_components(
     Raises:
         ValueError: if ``mask`` is not a 3D bool array or has 2**31 voxels or more.
     """
-    if not isinstance(mask, np.ndarray) or mask.ndim != 3 or mask.dtype != np.bool_:
-        received = (
-            f"{mask.ndim}D {mask.dtype}" if isinstance(mask, np.ndarray) else type(mask).__name__
-        )
-        raise ValueError(f"mask must be a 3D bool numpy array, received {received}")
+    require_volume("mask", mask, np.bool_)
     if mask.size > _MAX_VOXELS:
         raise ValueError(f"mask has {mask.size} voxels; at most {_MAX_VOXELS} fit the int32 labels")
     labels = np.empty(mask.shape, dtype=np.int32)
@@ -57,13 +54,7 @@ def component_boxes(labels: NDArray[np.int32], count: int) -> list[tuple[slice, 
     Raises:
         ValueError: if ``labels`` is not a 3D int32 array or ``count`` is negative.
     """
-    if not isinstance(labels, np.ndarray) or labels.ndim != 3 or labels.dtype != np.int32:
-        received = (
-            f"{labels.ndim}D {labels.dtype}"
-            if isinstance(labels, np.ndarray)
-            else type(labels).__name__
-        )
-        raise ValueError(f"labels must be a 3D int32 numpy array, received {received}")
+    require_volume("labels", labels, np.int32)
     if count < 0:
         raise ValueError(f"count must be at least 0, received {count}")
     boxes = np.zeros((count, 6), dtype=np.int64)

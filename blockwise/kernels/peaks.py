@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blockwise.kernels import _peaks
+from blockwise.kernels.checks import require_volume
 
 __all__ = ["window_peaks"]
 
@@ -35,13 +36,7 @@ def window_peaks(values: NDArray[np.float32], window: Sequence[int]) -> NDArray[
         ValueError: if ``values`` is not a 3D float32 array, holds NaN, or
             ``window`` is not three odd whole numbers >= 1.
     """
-    if not isinstance(values, np.ndarray) or values.ndim != 3 or values.dtype != np.float32:
-        received = (
-            f"{values.ndim}D {values.dtype}"
-            if isinstance(values, np.ndarray)
-            else type(values).__name__
-        )
-        raise ValueError(f"values must be a 3D float32 numpy array, received {received}")
+    require_volume("values", values, np.float32)
     if (
         len(window) != 3
         or not all(isinstance(w, int | np.integer) and not isinstance(w, bool) for w in window)
