@@ -18,7 +18,9 @@ class BlockFragments(NamedTuple):
 
     #: (z, y, x) uint64 global fragment ids (0: none)
     ids: NDArray[np.uint64]
-    #: the number of fragments; fragment ``k`` (from 0) has id ``first_id + k``
+    #: the id of the first fragment: fragment ``k`` (from 0) has id ``first_id + k``
+    first_id: int
+    #: the number of fragments
     n_fragments: int
     #: voxels per fragment, int64
     sizes: NDArray[np.int64]
@@ -55,4 +57,4 @@ def number_block(local: NDArray[np.uint64], top: int, first_id: int) -> BlockFra
     count = _block_numbering.number_block(local, top, first_id, ids, sizes, sums)
     if count < 0:
         raise ValueError(f"local holds an id above top = {top} (largest {int(local.max())})")
-    return BlockFragments(ids, int(count), sizes[:count], sums[:count])
+    return BlockFragments(ids, first_id, int(count), sizes[:count], sums[:count])

@@ -34,40 +34,21 @@ logger = logging.getLogger(__name__)
 NAME = "extract_fragments"
 
 
-def fragment_nodes(
-    labels: np.ndarray, count: int, first_id: int, roi: Roi, voxel_size: tuple[int, ...]
-) -> NodeTable:
-    """Nodes (id, centre in nm, size) of the fragments of an array covering ``roi``.
+def nodes_of(numbered: BlockFragments, roi: Roi, voxel_size: tuple[int, ...]) -> NodeTable:
+    """Nodes (id, centre in nm, size) of fragments numbered by
+    :func:`~blockwise.kernels.block_numbering.number_block` in an array covering ``roi``.
 
-    Args:
-        labels: the block's fragments numbered 1..``count`` (0: none), as
-            :func:`~blockwise.kernels.relabel.consecutive` returns them; label
-            ``k`` is fragment id ``first_id + k - 1``.
-        count: the number of fragments.
-        first_id: the id of label 1.
-        roi: the region ``labels`` covers, nm.
-        voxel_size: nm per voxel.
-
-    The centre is the mean of the fragment's voxel offsets in world units.
-    """
-    numbered = number_block(np.asarray(labels, dtype=np.uint64), count, first_id)
-    return nodes_of(numbered, first_id, roi, voxel_size)
-
-
-def nodes_of(
-    numbered: BlockFragments, first_id: int, roi: Roi, voxel_size: tuple[int, ...]
-) -> NodeTable:
-    """The nodes of fragments numbered by :func:`~blockwise.kernels.block_numbering.number_block`.
-
-    The coordinate sums are whole numbers far below 2**53, so the float64 mean
-    is the one of an exact sum (the same bytes as a float64 sum in any order).
+    The centre is the mean of the fragment's voxel offsets in world units. The
+    coordinate sums are whole numbers far below 2**53, so the float64 mean is
+    the one of an exact sum (the same bytes as a float64 sum in any order).
     """
     sizes = numbered.sizes
     centers = numbered.coordinate_sums.astype(np.float64) / sizes[:, None]
     centers = centers * np.asarray(voxel_size, dtype=np.float64) + np.asarray(
         roi.begin, dtype=np.float64
     )
-    ids = np.arange(first_id, first_id + numbered.n_fragments, dtype=np.uint64)
+    first = numbered.first_id
+    ids = np.arange(first, first + numbered.n_fragments, dtype=np.uint64)
     return NodeTable(ids, centers.reshape(-1, 3), sizes.astype(np.int64))
 
 
@@ -86,7 +67,7 @@ def extract_block(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, NodeT
     numbered = number_block(
         local[roi_slices(block.write_roi, block.read_roi, ctx.voxel_size)], top, id_range.first
     )
-    nodes = nodes_of(numbered, id_range.first, block.write_roi, ctx.voxel_size)
+    nodes = nodes_of(numbered, block.write_roi, ctx.voxel_size)
     return numbered.ids, nodes, local
 
 

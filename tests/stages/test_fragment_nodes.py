@@ -1,4 +1,4 @@
-"""fragment_nodes: sizes and centres against a per-fragment reference."""
+"""nodes_of(number_block(...)): sizes and centres against a per-fragment reference."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from funlib.geometry import Roi
 
+from blockwise.kernels.block_numbering import number_block
 from blockwise.kernels.relabel import consecutive
-from blockwise.stages.extract_fragments import fragment_nodes
+from blockwise.stages.extract_fragments import nodes_of
 
 
 def reference(labels: np.ndarray, roi: Roi, voxel_size: tuple[int, int, int]):
@@ -35,7 +36,7 @@ def test_sizes_and_centres_match_a_per_fragment_reference(
     rng = np.random.default_rng(n_labels)
     labels, count = consecutive(rng.integers(0, n_labels + 1, size=shape).astype(np.uint64))
     roi = Roi((40, -80, 120), tuple(s * v for s, v in zip(shape, (4, 8, 8), strict=True)))
-    nodes = fragment_nodes(labels, count, first_id=101, roi=roi, voxel_size=(4, 8, 8))
+    nodes = nodes_of(number_block(labels, count, first_id=101), roi=roi, voxel_size=(4, 8, 8))
     sizes, centres = reference(labels, roi, (4, 8, 8))
     np.testing.assert_array_equal(nodes.id, np.arange(101, 101 + count, dtype=np.uint64))
     np.testing.assert_array_equal(nodes.size_vx, sizes)
@@ -66,7 +67,7 @@ def one_pass_centres(
 
 def test_no_voxels_no_nodes() -> None:
     labels = np.zeros((0, 4, 4), dtype=np.uint64)
-    nodes = fragment_nodes(
-        labels, 0, first_id=1, roi=Roi((0, 0, 0), (0, 4, 4)), voxel_size=(1, 1, 1)
+    nodes = nodes_of(
+        number_block(labels, 0, first_id=1), roi=Roi((0, 0, 0), (0, 4, 4)), voxel_size=(1, 1, 1)
     )
     assert len(nodes.id) == 0
