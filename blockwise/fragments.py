@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from blockwise.config import ExtractFragmentsConfig
+from blockwise.kernels.affinity_mean import mean_affinity
 from blockwise.kernels.components import component_boxes, label_components
 from blockwise.kernels.distance import distance_transform
 from blockwise.kernels.peaks import window_peaks
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def fragments_from_affinities(
-    affs: NDArray[np.float32],
+    affs: NDArray[np.float32] | NDArray[np.uint8],
     voxel_size: Sequence[int],
     *,
     boundary_threshold: float = 0.5,
@@ -82,9 +84,11 @@ def fragments_from_affinities(
     The result depends only on the inputs: the same input gives the same bytes.
 
     Args:
-        affs: (channels, z, y, x) affinities in [0, 1]; the first three channels
-            are the nearest-neighbour z, y and x affinities, and the mean is taken
-            over all channels.
+        affs: (channels, z, y, x) affinities: float32 in [0, 1], or uint8
+            meaning value / 255 (as stored; the result is the same as for
+            ``affs.astype(np.float32) / 255``, without that copy). The first
+            three channels are the nearest-neighbour z, y and x affinities, and
+            the mean is taken over all channels.
         voxel_size: (z, y, x) voxel size in nm, positive.
         boundary_threshold: A voxel is interior where its mean affinity exceeds
             this; in [0, 1].
@@ -121,7 +125,7 @@ def fragments_from_affinities(
 
     # the surface is built in the buffer of the mean affinity; every step below
     # frees or reuses its full-volume intermediates as soon as they are dead
-    surface = affs.mean(axis=0, dtype=np.float32)
+    surface = _mean_affinity(affs)
     interior = surface > np.float32(boundary_threshold)
     if mask is not None:
         interior &= mask
@@ -162,6 +166,14 @@ def fragments_from_affinities(
     ids = first_occurrences(fragments)
     fragments = relabel(fragments, ids, np.arange(1, ids.size + 1, dtype=np.uint64))
     return fragments, int(ids.size)
+
+
+def _mean_affinity(affs: NDArray[np.float32] | NDArray[np.uint8]) -> NDArray[np.float32]:
+    """The float32 mean over channels; uint8 (value / 255) in one pass, with the bytes
+    of its float32 values' mean and without their float32 copy."""
+    if affs.dtype == np.uint8:
+        return mean_affinity(cast(NDArray[np.uint8], affs))
+    return affs.mean(axis=0, dtype=np.float32)
 
 
 def _boundary_distance_nm(
@@ -332,9 +344,9 @@ def _check_inputs(
             "affs must be (channels, z, y, x) with at least 3 channels, received shape "
             f"{affs.shape}"
         )
-    if affs.dtype != np.float32:
-        raise ValueError(f"affs must have dtype float32, received {affs.dtype}")
-    if affs.size:
+    if affs.dtype not in (np.float32, np.uint8):
+        raise ValueError(f"affs must have dtype float32 or uint8, received {affs.dtype}")
+    if affs.dtype == np.float32 and affs.size:
         low, high = float(affs.min()), float(affs.max())
         if not (low >= 0 and high <= 1):  # also catches NaN
             raise ValueError(f"affs must lie in [0, 1], received values from {low} to {high}")
@@ -377,7 +389,7 @@ def _check_inputs(
 
 
 def fragments_for_config(
-    affs: NDArray[np.float32],
+    affs: NDArray[np.float32] | NDArray[np.uint8],
     voxel_size: Sequence[int],
     params: ExtractFragmentsConfig,
     mask: NDArray[np.bool_] | None,

@@ -197,13 +197,19 @@ class RunContext:
                 f"{'raw' if self.predicts else 'affinities'} {self.voxel_size}; they must match"
             )
 
-    def read_affinities(self, roi: Roi) -> np.ndarray:
+    def read_affinities(self, roi: Roi, *, keep_uint8: bool = False) -> np.ndarray:
         """Affinities of ``roi`` as float32 in [0, 1].
+
+        With ``keep_uint8``, uint8 affinities come as stored (value / 255), for
+        a consumer that takes them as they are; other dtypes are converted and
+        checked as always.
 
         Raises:
             InputError: if the values are not finite or outside [0, 1].
         """
         raw = self.affinities.read(roi)
+        if raw.dtype == np.uint8 and keep_uint8:
+            return raw
         if raw.dtype == np.uint8:
             # divided in place: the bytes of ``raw.astype(np.float32) / 255`` without
             # a second float32 copy of the region

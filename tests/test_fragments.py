@@ -253,7 +253,8 @@ GOOD_AFFS = np.full((3, 4, 5, 6), 0.5, dtype=np.float32)
     [
         (GOOD_AFFS[0], {}, r"\(channels, z, y, x\).*received shape \(4, 5, 6\)"),
         (GOOD_AFFS[:2], {}, r"at least 3 channels, received shape \(2, 4, 5, 6\)"),
-        (GOOD_AFFS.astype(np.float64), {}, "dtype float32, received float64"),
+        (GOOD_AFFS.astype(np.float64), {}, "dtype float32 or uint8, received float64"),
+        (GOOD_AFFS.astype(np.uint16), {}, "dtype float32 or uint8, received uint16"),
         (GOOD_AFFS + 1, {}, r"\[0, 1\], received values from 1.5 to 1.5"),
         (np.full_like(GOOD_AFFS, np.nan), {}, r"\[0, 1\]"),
         ([0.5], {}, "numpy array"),
@@ -315,8 +316,13 @@ def test_real_fib25_crop() -> None:
         ),
     ],
 )
+@pytest.mark.parametrize("as_stored", [False, True], ids=["float32", "uint8"])
 def test_real_fib25_crop_bytes_are_unchanged(
-    kwargs: dict[str, object], min_size: int, expected_sha256: str, expected_n: int
+    kwargs: dict[str, object],
+    min_size: int,
+    expected_sha256: str,
+    expected_n: int,
+    as_stored: bool,
 ) -> None:
     """A FIB-25 crop gives the bytes it gave when the hashes were taken.
 
@@ -328,15 +334,19 @@ def test_real_fib25_crop_bytes_are_unchanged(
     (:func:`test_small_fragments_merge_exactly_as_a_per_group_watershed` checks
     that step against scikit-image); before, a second flood of the whole volume
     gave 85f047d8... and 38fcc23b... .
+
+    The uint8 affinities as stored (``as_stored``, what extract_fragments hands
+    over) give the same bytes as their float32 values.
     """
     import hashlib
 
     with h5py.File(data_file("fib25_baseline_affs.h5"), "r") as f:
-        affs = (f["affs"][:, 100:160, 50:130, 60:150] / 255).astype(np.float32)
+        stored = f["affs"][:, 100:160, 50:130, 60:150]
+    affs = (stored / 255).astype(np.float32)
     options = dict(kwargs)
     mask = affs.mean(axis=0) > 0.05 if options.pop("masked", False) else None
     fragments, n = fragments_from_affinities(
-        affs,
+        stored if as_stored else affs,
         (10, 10, 10),
         boundary_threshold=0.5,
         min_seed_distance_nm=float(options.pop("min_seed_distance_nm", 100)),  # type: ignore[arg-type]
@@ -346,6 +356,30 @@ def test_real_fib25_crop_bytes_are_unchanged(
     )
     assert n == expected_n
     assert hashlib.sha256(fragments.tobytes()).hexdigest() == expected_sha256
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_uint8_affinities_flood_as_their_float32_values(seed: int) -> None:
+    """uint8 affinities (value / 255) give the fragments of ``affs / 255`` in float32,
+    with and without a mask, small-fragment merging and seeds per section."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(1, 6, size=(18, 20, 22))
+    smooth = ndimage.uniform_filter(
+        affinities_from_labels(truth) * 200 + rng.integers(0, 56, (3, *truth.shape)),
+        size=(1, 3, 3, 3),
+    )
+    stored = np.clip(smooth, 0, 255).astype(np.uint8)
+    as_float = stored.astype(np.float32) / np.float32(255)
+    mask = rng.random(truth.shape) > 0.05
+    for kwargs in (
+        {},
+        {"min_fragment_size_vx": 20, "mask": mask},
+        {"seeds_per_section": True, "min_seed_distance_nm": 30.0},
+    ):
+        expected = fragments_from_affinities(as_float, (10, 10, 10), **kwargs)  # type: ignore[arg-type]
+        got = fragments_from_affinities(stored, (10, 10, 10), **kwargs)  # type: ignore[arg-type]
+        assert got[1] == expected[1]
+        np.testing.assert_array_equal(got[0], expected[0])
 
 
 def reference_small_fragment_merge(

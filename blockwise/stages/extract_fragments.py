@@ -56,7 +56,8 @@ def extract_block(ctx: RunContext, block: StageBlock) -> tuple[np.ndarray, NodeT
     """Fragments (global ids) of the block's write ROI, their nodes, and the flood of its
     read ROI (local ids); writes nothing."""
     local, top = fragments_for_config(
-        ctx.read_affinities(block.read_roi),
+        # uint8 as stored: the flood takes their mean without a float32 copy
+        ctx.read_affinities(block.read_roi, keep_uint8=True),
         ctx.voxel_size,
         ctx.config.extract_fragments,
         ctx.read_mask(block.read_roi),
