@@ -49,7 +49,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -406,7 +406,7 @@ def clear_done(tracking_dir: Path, positions: list[tuple[int, ...]]) -> None:
         write_atomic(path, cells.tobytes())
 
 
-def allocate_tracking(tracking_root: Path, allocated: set[Path] | None = None) -> list[Path]:
+def allocate_tracking(tracking_root: Path, allocated: set[str] | None = None) -> list[Path]:
     """Back every file of daisy's block tracking under ``tracking_root`` with disk blocks now.
 
     daisy maps its done markers and failure counts into memory (one byte per
@@ -418,7 +418,8 @@ def allocate_tracking(tracking_root: Path, allocated: set[Path] | None = None) -
 
     Args:
         tracking_root: ``RUN_DIR/tracking``.
-        allocated: files allocated before (skipped, and the new ones are added).
+        allocated: the paths (``str``) of files allocated before (skipped, and
+            the new ones are added).
 
     Returns:
         the files allocated by this call.
@@ -428,9 +429,10 @@ def allocate_tracking(tracking_root: Path, allocated: set[Path] | None = None) -
     """
     seen = allocated if allocated is not None else set()
     new: list[Path] = []
-    for path in sorted(tracking_root.rglob("*")) if tracking_root.is_dir() else []:
-        if path in seen or not path.is_file():
+    for name in sorted(_files_under(str(tracking_root))):
+        if name in seen:
             continue
+        path = Path(name)
         try:
             with open(path, "r+b") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -444,9 +446,31 @@ def allocate_tracking(tracking_root: Path, allocated: set[Path] | None = None) -
             if full is None:
                 raise
             raise DiskFullError(path, full.reason) from None
-        seen.add(path)
+        seen.add(name)
         new.append(path)
     return new
+
+
+def _files_under(root: str) -> Iterator[str]:
+    """The regular files below ``root`` (none if it is not a directory), as paths.
+
+    ``os.scandir`` answers whether an entry is a file from the directory
+    itself: :class:`TrackingGuard` looks every 20 ms while a run starts, and
+    ``Path.rglob`` with a ``stat`` per entry cost 1.5 ms a look (of a 3 s FIB-25
+    run's driver, 0.2 CPU-seconds on a 2-core machine).
+    """
+    try:
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _files_under(entry.path)
+            elif entry.is_file():
+                yield entry.path
+        except OSError:  # removed meanwhile
+            continue
 
 
 class TrackingGuard:
@@ -472,7 +496,7 @@ class TrackingGuard:
         self.tracking_root = tracking_root
         #: why the run was stopped, if it was
         self.error: DiskFullError | None = None
-        self._allocated: set[Path] = set()
+        self._allocated: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="tracking-guard", daemon=True)
 
