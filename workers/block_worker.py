@@ -18,6 +18,7 @@ import sys
 import daisy.v2 as daisy
 
 from blockwise.execution import local, probe
+from blockwise.execution.allocator import keep_freed_memory
 from blockwise.run_context import RunContext
 from blockwise.stage import split_task_name
 from blockwise.stage_worker import StageWorker
@@ -41,6 +42,9 @@ def serve(config_path: str, stage_name: str) -> int:
     # tens of milliseconds, which one block of thousands a second would wait for; in
     # a worker forked from the fork server it would also copy every page it touches)
     gc.freeze()
+    # block after block, arrays of the same sizes: reuse their pages, do not fault
+    # them in again (blockwise.execution.allocator)
+    keep_freed_memory()
     done = failed = 0
     try:
         while True:
