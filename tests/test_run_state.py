@@ -198,9 +198,9 @@ def test_a_deterministic_failure_is_not_retried_pointlessly(
     reads: list[str] = []
     original = RunContext.read_affinities
 
-    def counting(self: RunContext, roi: Any) -> np.ndarray:
+    def counting(self: RunContext, roi: Any, **kwargs: Any) -> np.ndarray:
         reads.append(str(roi))
-        return original(self, roi)
+        return original(self, roi, **kwargs)
 
     monkeypatch.setattr(RunContext, "read_affinities", counting)
     config = parse_config(

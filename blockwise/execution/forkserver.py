@@ -349,6 +349,10 @@ class ForkedWorker:
             raise ForkServerError(f"the fork server {name} did not start a worker: {e}") from e
         self.returncode: int | None = None
 
+    def fileno(self) -> int:
+        """The connection to the server, readable once the worker ended (for ``select``)."""
+        return self._socket.fileno()
+
     def poll(self) -> int | None:
         """The exit status if the worker ended, else None."""
         if self.returncode is None:

@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -52,6 +52,7 @@ from blockwise.execution import (
     probe,
     worker_arguments,
     worker_command,
+    worker_pool,
 )
 
 if TYPE_CHECKING:
@@ -295,17 +296,23 @@ class DriverSlot:
     server cannot start it, the worker starts as a new interpreter that dies
     with the driver (a warning says so).
 
+    With ``pool`` the slot first takes an idle worker of an earlier stage from
+    it, and a worker done with this slot's stage goes back to it instead of
+    exiting (:mod:`~blockwise.execution.worker_pool`).
+
     Args:
         config_path: the resolved config the worker reads.
         stage: the daisy task id whose blocks the worker processes.
         address: the fork server's address (``ADDRESS:SERVER_PID``).
         stuck_after_s: seconds a worker may stay stopped before it is killed.
+        pool: the run's idle workers (None: a new worker per slot, which exits).
     """
 
     config_path: str
     stage: str
     address: str
     stuck_after_s: float = 600.0
+    pool: worker_pool.IdleWorkers | None = field(default=None, compare=False, repr=False)
     #: daisy must call this in the driver, not in a slot interpreter
     in_driver: ClassVar[bool] = True
 
@@ -339,7 +346,7 @@ class DriverSlot:
 
         with open(os.devnull, "rb") as null:
             fds = (null.fileno(), _descriptor(out, 1), _descriptor(err, 2))
-            proc = self._start(command, env, fds, context)
+            proc = self._adopt(command, context, fds) or self._start(command, env, fds, context)
         if proc is None:
             logger.info("%s: no worker started, the run is ending", self.stage)
             return
@@ -348,8 +355,20 @@ class DriverSlot:
             returncode = watch(proc, self.stage, self.stuck_after_s, stop, context, say)
         except BaseException:
             proc.kill()
-            proc.wait()
+            if isinstance(proc, worker_pool.PooledWorker):
+                proc.process.wait()  # its exit, not a message it may have sent
+                proc.release()
+                if self.pool is not None:
+                    self.pool.forget(proc)
+            else:
+                proc.wait()
             raise
+        if isinstance(proc, worker_pool.PooledWorker) and self.pool is not None:
+            if proc.idle:
+                self.pool.put(proc)  # done with this stage: a slot of the next one takes it
+                return
+            proc.release()
+            self.pool.forget(proc)
         if stop.scheduler_gone:
             logger.info("%s worker stopped: the scheduler ended", self.stage)
             return
@@ -364,24 +383,61 @@ class DriverSlot:
             say(message)
             raise WorkerExitError(message)
 
+    def _adopt(
+        self, command: list[str], context: Any, fds: tuple[int, int, int]
+    ) -> worker_pool.PooledWorker | None:
+        """An idle worker of an earlier stage, sent this slot's stage; None if there is none."""
+        if self.pool is None or context is None:
+            return None
+        while (worker := self.pool.take()) is not None:
+            try:
+                worker.assign(self.stage, context.to_env(), command, (fds[1], fds[2]))
+            except OSError:  # it died after it went idle
+                self.pool.forget(worker)
+                worker.release()
+                worker.kill()
+                worker.process.wait()
+                continue
+            logger.debug("%s: worker %d goes on from another stage", self.stage, worker.pid)
+            return worker
+        return None
+
     def _start(
         self, command: list[str], env: dict[str, str], fds: tuple[int, int, int], context: Any
     ) -> _Process | None:
         """The worker program, forked by the server; None if the server is gone because
         the run is ending (a signal to the whole process group stops it too)."""
+        # with a pool, the worker's standard input is its control socket
+        control = worker_pool.control_pair() if self.pool is not None else None
+        worker_env = env if control is None else {**env, worker_pool.CONTROL_VARIABLE: "stdin"}
+        worker_fds = fds if control is None else (control[1].fileno(), fds[1], fds[2])
         try:
-            return forkserver.ForkedWorker(
-                self.address,
-                WORKER_MODULE,
-                worker_arguments(self.config_path, self.stage),
-                command,
-                env,
-                fds,
-            )
-        except forkserver.ForkServerError as e:
+            try:
+                forked = forkserver.ForkedWorker(
+                    self.address,
+                    WORKER_MODULE,
+                    worker_arguments(self.config_path, self.stage),
+                    command,
+                    worker_env,
+                    worker_fds,
+                )
+            finally:
+                if control is not None:
+                    control[1].close()  # the worker has its own copy
+        except BaseException as e:
+            if control is not None:
+                control[0].close()
+            if not isinstance(e, forkserver.ForkServerError):
+                raise
             if context is not None and _scheduler_stops(context, SIGNALLED_GRACE_S):
                 return None
             logger.warning("%s; starting the worker as a new interpreter", e)
+        else:
+            if self.pool is None or control is None:
+                return forked
+            pooled = worker_pool.PooledWorker(forked, control[0], self.stage)
+            self.pool.track(pooled)
+            return pooled
         # no preexec_fn in a threaded driver: the worker ties itself to the driver
         env[PARENT_VARIABLE] = str(os.getpid())
         return subprocess.Popen(command, env=env, stdin=fds[0], stdout=fds[1], stderr=fds[2])
@@ -566,6 +622,10 @@ class LocalProfile:
         self.slot_watch = SlotWatch(stuck_after_s)
         #: starts CPU workers without a new interpreter each (see :mod:`.forkserver`)
         self.fork_server = fork_server
+        #: workers that finished a stage, for the next stage's slots (see :mod:`.worker_pool`)
+        self.idle_workers = (
+            worker_pool.IdleWorkers() if fork_server is not None and worker_pool.enabled() else None
+        )
 
     def process_function(self, ctx: RunContext, task: StageTask) -> Callable[..., Any]:
         """A worker-starting function; GPU stages spread their workers over the GPUs."""
@@ -575,11 +635,16 @@ class LocalProfile:
         timeout_s = stage_execution(ctx.config, task.stage).block_timeout_s
         if self.fork_server is not None and not gpus:
             address = self.fork_server.published
-            return DriverSlot(str(self.config_path), task.name, address, timeout_s)
+            return DriverSlot(
+                str(self.config_path), task.name, address, timeout_s, self.idle_workers
+            )
         return LocalWorker(str(self.config_path), task.name, gpus, timeout_s)
 
     def teardown(self, interrupted: bool = False) -> None:
-        """Stop the fork server; every worker dies with its daisy worker process or the driver."""
+        """Release the idle workers and stop the fork server; every other worker dies
+        with its daisy worker process or the driver."""
         self.slot_watch.stop()
+        if self.idle_workers is not None:
+            self.idle_workers.close(0.0 if interrupted else forkserver.STOP_WAIT_S)
         if self.fork_server is not None:
             self.fork_server.stop(wait_s=0.0 if interrupted else forkserver.STOP_WAIT_S)
