@@ -28,6 +28,7 @@ from blockwise.config import DatasetConfig
 from blockwise.errors import InputError
 from blockwise.geometry import roi_slices
 from blockwise.hdf5_chunks import ChunkCache, deflate_only, read_deflate
+from blockwise.zarr_chunks import DecodedChunks, cacheable, read_cached
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ CONTIGUOUS_PIECE_VX = 64
 MissingChunks = Literal["error", "fill_value"]
 #: HDF5 chunk cache per open input (bytes), and its hash slots (a prime ~100x the chunks it holds)
 HDF5_CHUNK_CACHE_BYTES = 64 << 20
+#: decoded zarr chunks a volume keeps between reads (blockwise.zarr_chunks): the
+#: fragments of FIB-25 (250^3 uint64, 125 MB) fit whole
+ZARR_CHUNK_CACHE_BYTES = 128 << 20
 HDF5_CHUNK_CACHE_SLOTS = 10007
 
 
@@ -169,6 +173,17 @@ class Volume:
         """The inflated chunks kept between this volume's reads (as HDF5's chunk cache)."""
         return ChunkCache(HDF5_CHUNK_CACHE_BYTES)
 
+    @cached_property
+    def _decodes_cached(self) -> bool:
+        """Whether reads go through :func:`~blockwise.zarr_chunks.read_cached` (zarr, chunks
+        are files)."""
+        return self.is_zarr and cacheable(self.array)
+
+    @cached_property
+    def _decoded_chunks(self) -> DecodedChunks:
+        """The decoded chunks kept between this volume's reads, while their files are unchanged."""
+        return DecodedChunks(ZARR_CHUNK_CACHE_BYTES)
+
     def chunk_file(self, chunk: tuple[int, ...]) -> Path:
         """The file holding zarr chunk ``chunk`` (grid coordinates, channel axis included)."""
         return self.path / self.array._chunk_key(tuple(chunk))
@@ -268,6 +283,8 @@ class Volume:
         try:
             if self._inflates_chunks:
                 return read_deflate(self.array, slices, self._chunk_cache)
+            if self._decodes_cached:
+                return read_cached(self.array, slices, self._decoded_chunks)
             return np.asarray(self.array[slices])
         except Exception as e:
             # find the chunk that does not decode, to name its file
