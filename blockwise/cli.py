@@ -73,14 +73,15 @@ def _sigterm_as_sigint() -> Iterator[list[int]]:
 
 
 def _early_fork_server(args: argparse.Namespace) -> ForkServer | None:
-    """The local profile's fork server, started before the driver's own imports.
+    """The local profile's fork server, forked from the driver once its imports are done.
 
-    Its imports (what every worker imports) then overlap the driver's imports,
-    config checks and output preparation instead of following them. Started
-    from a look at the YAML's ``execution.profile`` only; the config is
-    validated afterwards as always, and a run that turns out not to use the
-    server stops it (:func:`blockwise.runner.run`). None when the look finds
-    another profile or cannot read the file (its error comes with the check).
+    It then starts with what workers import already in memory, and imports the
+    rest while the driver checks the config and prepares the outputs
+    (:class:`~blockwise.execution.forkserver._ForkedServer`). Started from a look
+    at the YAML's ``execution.profile`` only; the config is validated afterwards
+    as always, and a run that turns out not to use the server stops it
+    (:func:`blockwise.runner.run`). None when the look finds another profile or
+    cannot read the file (its error comes with the check).
     """
     if args.in_process:
         return None
@@ -95,15 +96,16 @@ def _early_fork_server(args: argparse.Namespace) -> ForkServer | None:
         profile = (data.get("execution") or {}).get("profile", "local")
     except (OSError, ValueError, yaml.YAMLError, AttributeError):
         return None
-    return start_local_fork_server() if profile == "local" else None
+    return start_local_fork_server(fork=True) if profile == "local" else None
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the driver's imports first: the fork server is forked from this process after them
+    from blockwise.config import load_config
+    from blockwise.runner import RunInterrupted, run
+
     fork_server = _early_fork_server(args)
     try:
-        from blockwise.config import load_config
-        from blockwise.runner import RunInterrupted, run
-
         config = _with_overrides(load_config(args.config), args.workers)
     except BaseException:
         if fork_server is not None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,8 +230,8 @@ def test_a_config_refused_after_the_fork_server_started_stops_the_server(
 
     started = []
 
-    def start() -> object:
-        server = start_local_fork_server()
+    def start(**kwargs: Any) -> object:
+        server = start_local_fork_server(**kwargs)
         started.append(server)
         return server
 

@@ -75,14 +75,20 @@ def start_fork_server(config: RunConfig, in_process: bool = False) -> ForkServer
     return start_local_fork_server()
 
 
-def start_local_fork_server() -> ForkServer | None:
-    """A fork server for local workers; None where it is switched off or cannot start."""
+def start_local_fork_server(fork: bool = False) -> ForkServer | None:
+    """A fork server for local workers; None where it is switched off or cannot start.
+
+    Args:
+        fork: fork it from this process (which must have imported what workers
+            import, and run no other thread) instead of starting a new interpreter
+            (:class:`~blockwise.execution.forkserver.ForkServer`).
+    """
     from blockwise.execution import forkserver
 
     if not forkserver.enabled():
         return None
     try:
-        return forkserver.ForkServer()
+        return forkserver.ForkServer(fork=fork)
     except (forkserver.ForkServerError, OSError) as e:
         logger.warning("no fork server (%s): every worker starts a new interpreter", e)
         return None
