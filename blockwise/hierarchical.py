@@ -1107,16 +1107,20 @@ def write_arrays(path: str | os.PathLike[str], arrays: dict[str, NDArray[np.gene
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # built in memory and written at once: zipfile seeks back to every member's
+    # header, which on a file cost more than the write itself (the hierarchy
+    # writes thousands of small files)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with archive.open(info, "w", force_zip64=True) as stream:
+                np.lib.format.write_array(stream, np.ascontiguousarray(array), allow_pickle=False)
     try:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:
-            for name, array in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.external_attr = 0o644 << 16
-                with archive.open(info, "w", force_zip64=True) as stream:
-                    np.lib.format.write_array(
-                        stream, np.ascontiguousarray(array), allow_pickle=False
-                    )
-        with open(temporary, "rb+") as handle:
+        with open(temporary, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
     finally:
@@ -1216,19 +1220,11 @@ def load_task_result(path: str | os.PathLike[str]) -> TaskResult:
         for name in _EDGE_FIELDS
     ]
     try:
-        # the file is opened here so that it is closed also when numpy fails to parse it
-        with open(source, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-            missing = [name for name in expected if name not in data.files]
-            if missing:
-                raise HierarchyInputError(
-                    f"task result {source} lacks the arrays {missing}; was it written by "
-                    "save_task_result?"
-                )
-            arrays = {name: data[name] for name in expected}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        if isinstance(e, HierarchyInputError):
-            raise
-        raise HierarchyInputError(f"cannot read task result {source}: {e}") from e
+        arrays = read_arrays(source, expected)
+    except HierarchyInputError as e:
+        raise HierarchyInputError(
+            f"{e}; is {source.name} a task result written by save_task_result?"
+        ) from e
     header = arrays["format"]
     if header.shape != (3,) or int(header[0]) != _FILE_FORMAT:
         raise HierarchyInputError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -150,6 +151,17 @@ def neighbour_reach(ctx: RunContext) -> tuple[int, int, int]:
     return z, y, x
 
 
+def _membership(ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``lambda a: np.isin(a, ids)``; two comparisons when ``ids`` are one run of consecutive
+    ids, as a leaf block's fragments are (numbered from the block's first id)."""
+    if ids.size == 0:
+        return lambda values: np.zeros(values.shape, dtype=bool)
+    low, high = ids[0], ids[-1]
+    if int(high) - int(low) + 1 == ids.size and bool(np.all(ids[1:] > ids[:-1])):
+        return lambda values: (values >= low) & (values <= high)
+    return lambda values: np.isin(values, ids)
+
+
 def leaf_edges(
     ctx: RunContext, octree: Octree, block: int, ids: np.ndarray
 ) -> tuple[ClusterEdges, np.ndarray, np.ndarray]:
@@ -170,12 +182,13 @@ def leaf_edges(
         axis=-1,
     ).reshape(-1, 3)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in (*SEAM_ARRAYS, "level")}
+    member = _membership(ids)
     for owner in octree.block_index(grid).tolist():
         for level in range(octree.n_levels):
             arrays = _read_seam(ctx.layout.seam_path(level, owner))
             if arrays is None:
                 continue
-            touching = np.isin(arrays["u"], ids) | np.isin(arrays["v"], ids)
+            touching = member(arrays["u"]) | member(arrays["v"])
             for name in SEAM_ARRAYS:
                 parts[name].append(arrays[name][touching])
             parts["level"].append(np.full(int(touching.sum()), level, dtype=np.int64))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +247,66 @@ def test_a_config_refused_after_the_fork_server_started_stops_the_server(
     assert len(started) == 1 and started[0] is not None
     assert started[0].process.wait(timeout=10) is not None
     assert not (tmp_path / "run").exists()
+
+
+ENTRY = """
+import atexit, sys, threading, time
+from blockwise.cli import entry
+import blockwise.cli as cli
+
+finished = []
+def late_writer():
+    time.sleep(0.2)
+    finished.append(True)
+    sys.stdout.write("thread done\\n")
+threading.Thread(target=late_writer).start()  # not a daemon: the exit waits for it
+atexit.register(lambda: sys.stdout.write("atexit ran\\n"))
+cli.main = lambda argv=None: (sys.stdout.write("unflushed " + sys.argv[1]), int(sys.argv[2]))[1]
+entry()
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_the_console_script_exits_with_mains_code_after_threads_atexit_and_flush(
+    code: int,
+) -> None:
+    # entry() skips the interpreter's teardown (os._exit); nothing a normal exit
+    # would have done for the user may be lost: buffered output, atexit handlers,
+    # non-daemon threads, the exit status
+    proc = subprocess.run(
+        [sys.executable, "-c", ENTRY, "output", str(code)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.startswith("unflushed output")
+    assert "thread done\n" in proc.stdout and proc.stdout.endswith("atexit ran\n")
+
+
+def test_the_console_script_is_entry_and_caps_openblas_threads_unless_set() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"blockwise": "blockwise.cli:entry"}
+    probe = (
+        "import os, sys; import blockwise.cli as cli; "
+        "cli.main = lambda argv=None: print(os.environ['OPENBLAS_NUM_THREADS']) or 0; cli.entry()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert out == "1\n"
+    env["OPENBLAS_NUM_THREADS"] = "4"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert out == "4\n"
+
+
+def test_the_console_script_under_a_profiler_exits_normally(tmp_path: Path) -> None:
+    # cProfile writes its file after the script returns: os._exit would lose it
+    script = tmp_path / "script.py"
+    script.write_text("import blockwise.cli as cli\ncli.main = lambda argv=None: 0\ncli.entry()\n")
+    out = tmp_path / "profile.out"
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(out), str(script)], check=True, timeout=60
+    )
+    assert out.stat().st_size > 0
