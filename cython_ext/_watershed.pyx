@@ -24,9 +24,12 @@ otherwise it is a radix queue on the value (``_drain_radix``).
 
 Voxels live in a volume padded by one voxel on every side whose padding is never
 flooded, so neighbours need no bounds checks; voxel indices and ages are 32 bits.
-Each padded voxel holds its key and the number of the seed that reached it side
-by side (8 bytes), so the check of a neighbour and its labelling touch one cache
-line; queue entries carry their seed number, so a pop reads no other array.
+With ranks, each padded voxel is one 32-bit cell: its rank while it may still be
+flooded, else a flag bit and the number of the seed that reached it (0: none;
+outside the mask, padding). The flood's working set is then 4 bytes per voxel,
+half of what a key and a seed side by side take (the radix queue's layout,
+``_Voxel``), and the check of a neighbour and its labelling are one load and
+one store. Queue entries carry their seed number, so a pop reads no other array.
 The flood visits the volume in value order, not memory order: its cost is cache
 misses, which the queues hide by prefetching the neighbourhoods of entries a few
 places ahead.
@@ -70,6 +73,16 @@ cdef struct _Voxel:
     uint32_t key
     # 1-based number of the seed that reached the voxel; 0 until then
     uint32_t seed
+
+
+# a 32-bit cell with this bit set is no longer floodable: queued (the low bits
+# are the 1-based number of its seed) or never floodable (low bits 0)
+cdef uint32_t _TAKEN = 0x80000000U
+
+# the flood's voxel storage: 32-bit cells (ranks) or key and seed side by side
+ctypedef fused _Cell:
+    _Voxel
+    uint32_t
 
 
 cdef struct _Item:
@@ -185,7 +198,7 @@ cdef inline void _compact(vector[_Queueable]& bucket) noexcept nogil:
         bucket.clear()
 
 
-cdef inline void _prefetch_neighbourhood(const _Voxel* voxels, uint32_t voxel,
+cdef inline void _prefetch_neighbourhood(const _Cell* voxels, uint32_t voxel,
                                          Py_ssize_t row, Py_ssize_t plane) noexcept nogil:
     _prefetch(voxels + voxel - plane)
     _prefetch(voxels + voxel - row)
@@ -202,22 +215,29 @@ cdef struct _Grid:
     Py_ssize_t plane
 
 
-cdef inline uint32_t _claim(_Voxel* voxels, uint32_t j, uint32_t seed,
+cdef inline uint32_t _claim(_Cell* voxels, uint32_t j, uint32_t seed,
                             uint32_t current) noexcept nogil:
     """Label neighbour ``j`` with ``seed`` if it may still be flooded.
 
     Returns the value it is queued with (its key raised to ``current``: a flood
     never runs downhill), or 0 if it may not be flooded (then nothing changes).
     """
-    cdef uint32_t value = voxels[j].key
-    if value == 0:
-        return 0
-    voxels[j].key = 0
-    voxels[j].seed = seed
+    cdef uint32_t value
+    if _Cell is _Voxel:
+        value = voxels[j].key
+        if value == 0:
+            return 0
+        voxels[j].key = 0
+        voxels[j].seed = seed
+    else:
+        value = voxels[j]
+        if value & _TAKEN:
+            return 0
+        voxels[j] = _TAKEN | seed
     return value if value > current else current
 
 
-cdef uint32_t _flood_seeds(_Voxel* voxels, vector[_Item]& heap, Py_ssize_t n_seeds,
+cdef uint32_t _flood_seeds(_Cell* voxels, vector[_Item]& heap, Py_ssize_t n_seeds,
                            const _Grid& grid) except? 0 nogil:
     """Phase 1, until the last seed has left the queue; ``heap`` holds the seeds.
 
@@ -252,7 +272,7 @@ cdef uint32_t _flood_seeds(_Voxel* voxels, vector[_Item]& heap, Py_ssize_t n_see
     return current
 
 
-cdef int _drain_levels(_Voxel* voxels, vector[_Item]& heap, uint32_t n_levels,
+cdef int _drain_levels(uint32_t* voxels, vector[_Item]& heap, uint32_t n_levels,
                        uint32_t current, const _Grid& grid) except -1 nogil:
     """Phase 2 when the keys are ranks 1..``n_levels``: one FIFO per rank.
 
@@ -419,33 +439,39 @@ cdef int _insert(vector[uint32_t]& table, int* bits, size_t* count,
     return 0
 
 
-cdef uint32_t _rank_levels(vector[_Voxel]& voxels, vector[_Item]& heap,
-                           uint32_t max_levels) except? 0 nogil:
-    """Replace every key (voxels and queued seeds) by its rank 1..n among them.
+cdef uint32_t _distinct_keys(const float[:, :, ::1] surface, const uint64_t[:, :, ::1] labels,
+                             const uint8_t[:, :, ::1] mask, bint has_mask,
+                             uint32_t max_levels, vector[uint32_t]& table,
+                             int* bits) noexcept nogil:
+    """Collect in ``table`` the order keys of the seeds and of the voxels that may be flooded.
 
-    Returns n, or 0 (keys unchanged) if there are more than ``max_levels``
-    distinct keys. Ranks keep the order of the keys, so the heap stays a valid heap
-    with the same layout. Runs of equal keys, common in a volume, cost one lookup.
+    Returns their number, or 0 if there are more than ``max_levels``. Runs of
+    equal keys, common in a volume, cost one lookup.
     """
-    cdef vector[uint32_t] table, ranks, distinct
-    cdef int bits = 10
-    cdef size_t count = 0, v, k
-    cdef uint32_t key, previous = 0, rank = 0
+    cdef Py_ssize_t z, y, x
+    cdef size_t count = 0
+    cdef uint32_t key, previous = 0
+    bits[0] = 10
+    table.assign(<size_t>1 << bits[0], 0)
+    for z in range(surface.shape[0]):
+        for y in range(surface.shape[1]):
+            for x in range(surface.shape[2]):
+                if labels[z, y, x] == 0 and has_mask and mask[z, y, x] == 0:
+                    continue
+                key = _order_key(surface[z, y, x])
+                if key != previous:
+                    _insert(table, bits, &count, key)
+                    if count > max_levels:
+                        return 0
+                    previous = key
+    return <uint32_t>count
 
-    if max_levels == 0:
-        return 0
-    table.assign(<size_t>1 << bits, 0)
-    for k in range(heap.size()):
-        _insert(table, &bits, &count, <uint32_t>(heap[k].key >> 32))
-        if count > max_levels:
-            return 0
-    for v in range(voxels.size()):
-        key = voxels[v].key
-        if key != 0 and key != previous:
-            _insert(table, &bits, &count, key)
-            if count > max_levels:
-                return 0
-            previous = key
+
+cdef void _rank_table(vector[uint32_t]& table, int bits,
+                      vector[uint32_t]& ranks) noexcept nogil:
+    """``ranks[slot]``: the rank 1..n, in key order, of the key in each occupied slot."""
+    cdef vector[uint32_t] distinct
+    cdef size_t k
     for k in range(table.size()):
         if table[k] != 0:
             distinct.push_back(table[k])
@@ -453,18 +479,102 @@ cdef uint32_t _rank_levels(vector[_Voxel]& voxels, vector[_Item]& heap,
     ranks.assign(table.size(), 0)
     for k in range(distinct.size()):
         ranks[_find(table, distinct[k], bits)] = <uint32_t>(k + 1)
-    previous = 0
-    for v in range(voxels.size()):
-        key = voxels[v].key
-        if key != 0:
-            if key != previous:
-                previous = key
-                rank = ranks[_find(table, key, bits)]
-            voxels[v].key = rank
-    for k in range(heap.size()):
-        key = <uint32_t>(heap[k].key >> 32)
-        heap[k].key = (<uint64_t>ranks[_find(table, key, bits)] << 32) | (heap[k].key & _AGE_MASK)
-    return <uint32_t>distinct.size()
+
+
+cdef void _flood_ranked(const float[:, :, ::1] surface, uint64_t[:, :, ::1] labels,
+                        const uint8_t[:, :, ::1] mask, bint has_mask, uint32_t n_levels,
+                        const vector[uint32_t]& table, int bits,
+                        const _Grid& grid) except * nogil:
+    """The flood over ranks in 32-bit cells (see the module's docstring)."""
+    cdef Py_ssize_t depth = surface.shape[0]
+    cdef Py_ssize_t height = surface.shape[1]
+    cdef Py_ssize_t width = surface.shape[2]
+    cdef Py_ssize_t z, y, x, v
+    cdef vector[uint32_t] ranks, cells
+    cdef vector[uint64_t] seed_labels
+    cdef vector[_Item] heap
+    cdef _Item item
+    cdef uint64_t label
+    cdef uint32_t key, previous = 0, rank = 0, cell, current
+
+    _rank_table(<vector[uint32_t]&>table, bits, ranks)
+    # padding and voxels outside the mask: taken, by no seed
+    cells.assign((depth + 2) * grid.plane, _TAKEN)
+    for z in range(depth):
+        for y in range(height):
+            v = (z + 1) * grid.plane + (y + 1) * grid.row + 1
+            for x in range(width):
+                label = labels[z, y, x]
+                if label == 0 and has_mask and mask[z, y, x] == 0:
+                    continue
+                key = _order_key(surface[z, y, x])
+                if key != previous:
+                    previous = key
+                    rank = ranks[_find(table, key, bits)]
+                if label != 0:
+                    # seeds enter in C order with age 0, as in scikit-image; ranks
+                    # keep the keys' order, so the heap moves as it would on keys
+                    seed_labels.push_back(label)
+                    cells[v + x] = _TAKEN | <uint32_t>seed_labels.size()
+                    item.key = <uint64_t>rank << 32
+                    item.voxel = <uint32_t>(v + x)
+                    item.seed = <uint32_t>seed_labels.size()
+                    _heap_push(heap, item)
+                else:
+                    cells[v + x] = rank
+    current = _flood_seeds(cells.data(), heap, seed_labels.size(), grid)
+    _drain_levels(cells.data(), heap, n_levels, current, grid)
+    for z in range(depth):
+        for y in range(height):
+            v = (z + 1) * grid.plane + (y + 1) * grid.row + 1
+            for x in range(width):
+                cell = cells[v + x]
+                # a rank left: reachable by no seed
+                labels[z, y, x] = (
+                    seed_labels[(cell ^ _TAKEN) - 1] if cell > _TAKEN else 0
+                )
+
+
+cdef void _flood_radix(const float[:, :, ::1] surface, uint64_t[:, :, ::1] labels,
+                       const uint8_t[:, :, ::1] mask, bint has_mask,
+                       const _Grid& grid) except * nogil:
+    """The flood over order keys in a radix queue, key and seed side by side."""
+    cdef Py_ssize_t depth = surface.shape[0]
+    cdef Py_ssize_t height = surface.shape[1]
+    cdef Py_ssize_t width = surface.shape[2]
+    cdef Py_ssize_t z, y, x, v
+    cdef vector[_Voxel] voxels
+    cdef vector[uint64_t] seed_labels
+    cdef vector[_Item] heap
+    cdef _Item item
+    cdef uint64_t label
+    cdef uint32_t seed, current
+
+    # the padding stays 0 (never flooded), so neighbours need no bounds checks
+    voxels.resize((depth + 2) * grid.plane)
+    for z in range(depth):
+        for y in range(height):
+            v = (z + 1) * grid.plane + (y + 1) * grid.row + 1
+            for x in range(width):
+                label = labels[z, y, x]
+                if label != 0:
+                    # seeds enter in C order with age 0, as in scikit-image
+                    seed_labels.push_back(label)
+                    voxels[v + x].seed = <uint32_t>seed_labels.size()
+                    item.key = <uint64_t>_order_key(surface[z, y, x]) << 32
+                    item.voxel = <uint32_t>(v + x)
+                    item.seed = <uint32_t>seed_labels.size()
+                    _heap_push(heap, item)
+                elif not has_mask or mask[z, y, x] != 0:
+                    voxels[v + x].key = _order_key(surface[z, y, x])
+    current = _flood_seeds(voxels.data(), heap, seed_labels.size(), grid)
+    _drain_radix(voxels.data(), heap, current, grid)
+    for z in range(depth):
+        for y in range(height):
+            v = (z + 1) * grid.plane + (y + 1) * grid.row + 1
+            for x in range(width):
+                seed = voxels[v + x].seed
+                labels[z, y, x] = seed_labels[seed - 1] if seed != 0 else 0
 
 
 def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels not None,
@@ -476,9 +586,10 @@ def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels no
         labels: Seeds on input (non-zero; zero outside ``mask``). On output every
             voxel reached from a seed through ``mask`` holds that seed's label.
         mask: Non-zero where voxels may be flooded; ``None`` floods everywhere.
-        max_levels: Queue by rank (one FIFO per distinct value) when there are at
-            most this many distinct values, else by value in a radix queue; both
-            give the same labels (0 always takes the radix queue: for tests).
+        max_levels: Queue by rank (one FIFO per distinct value, 32-bit cells)
+            when there are at most this many distinct values, else by value in
+            a radix queue; both give the same labels (0 always takes the radix
+            queue: for tests).
 
     The caller guarantees equal shapes and that the volume padded by one voxel on
     every side has fewer than 2**32 voxels (voxel indices and ages are 32 bits).
@@ -486,14 +597,10 @@ def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels no
     cdef Py_ssize_t depth = surface.shape[0]
     cdef Py_ssize_t height = surface.shape[1]
     cdef Py_ssize_t width = surface.shape[2]
-    cdef Py_ssize_t z, y, x, v
     cdef bint has_mask = mask is not None
-    cdef uint64_t label
-    cdef uint32_t seed, n_levels, current
-    cdef vector[_Voxel] voxels
-    cdef vector[uint64_t] seed_labels
-    cdef vector[_Item] heap
-    cdef _Item item
+    cdef uint32_t n_levels = 0
+    cdef vector[uint32_t] table
+    cdef int bits = 0
     cdef _Grid grid
 
     if depth * height * width == 0:
@@ -507,32 +614,11 @@ def flood(const float[:, :, ::1] surface not None, uint64_t[:, :, ::1] labels no
     grid.offsets[4] = grid.row
     grid.offsets[5] = grid.plane
     with nogil:
-        # the padding stays 0 (never flooded), so neighbours need no bounds checks
-        voxels.resize((depth + 2) * grid.plane)
-        for z in range(depth):
-            for y in range(height):
-                v = (z + 1) * grid.plane + (y + 1) * grid.row + 1
-                for x in range(width):
-                    label = labels[z, y, x]
-                    if label != 0:
-                        # seeds enter in C order with age 0, as in scikit-image
-                        seed_labels.push_back(label)
-                        voxels[v + x].seed = <uint32_t>seed_labels.size()
-                        item.key = <uint64_t>_order_key(surface[z, y, x]) << 32
-                        item.voxel = <uint32_t>(v + x)
-                        item.seed = <uint32_t>seed_labels.size()
-                        _heap_push(heap, item)
-                    elif not has_mask or mask[z, y, x] != 0:
-                        voxels[v + x].key = _order_key(surface[z, y, x])
-        n_levels = _rank_levels(voxels, heap, max_levels)
-        current = _flood_seeds(voxels.data(), heap, seed_labels.size(), grid)
+        # a 32-bit cell holds a seed number below 2**31: at most one per voxel
+        if max_levels > 0 and (depth + 2) * grid.plane < <Py_ssize_t>_TAKEN:
+            n_levels = _distinct_keys(surface, labels, mask, has_mask, max_levels, table,
+                                      &bits)
         if n_levels > 0:
-            _drain_levels(voxels.data(), heap, n_levels, current, grid)
+            _flood_ranked(surface, labels, mask, has_mask, n_levels, table, bits, grid)
         else:
-            _drain_radix(voxels.data(), heap, current, grid)
-        for z in range(depth):
-            for y in range(height):
-                v = (z + 1) * grid.plane + (y + 1) * grid.row + 1
-                for x in range(width):
-                    seed = voxels[v + x].seed
-                    labels[z, y, x] = seed_labels[seed - 1] if seed != 0 else 0
+            _flood_radix(surface, labels, mask, has_mask, grid)
