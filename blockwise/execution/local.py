@@ -389,7 +389,9 @@ class DriverSlot:
         """An idle worker of an earlier stage, sent this slot's stage; None if there is none."""
         if self.pool is None or context is None:
             return None
-        while (worker := self.pool.take()) is not None:
+        while (
+            worker := self.pool.take(self.stage, give_up=lambda: scheduler_gone(context))
+        ) is not None:
             try:
                 worker.assign(self.stage, context.to_env(), command, (fds[1], fds[2]))
             except OSError:  # it died after it went idle
@@ -635,6 +637,11 @@ class LocalProfile:
         timeout_s = stage_execution(ctx.config, task.stage).block_timeout_s
         if self.fork_server is not None and not gpus:
             address = self.fork_server.published
+            if self.idle_workers is not None:
+                # the run holds as many workers at once as its widest CPU stage asks for
+                workers = stage_execution(ctx.config, task.stage).num_workers
+                self.idle_workers.limit = max(self.idle_workers.limit or 0, workers)
+                self.idle_workers.register(task.name)
             return DriverSlot(
                 str(self.config_path), task.name, address, timeout_s, self.idle_workers
             )

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from blockwise.execution.forkserver import ForkedWorker
 
@@ -195,6 +196,10 @@ class PooledWorker:
 #: long in vain, and then starts a new worker as it always did.
 HANDOVER_WAIT_S = 0.1
 
+#: seconds between checks that the run is ending, for a slot that waits while the
+#: run holds its limit of workers
+GIVE_UP_CHECK_S = 0.5
+
 
 class IdleWorkers:
     """The run's workers that finished a stage and wait for a slot of the next.
@@ -203,29 +208,52 @@ class IdleWorkers:
     that a slot can wait a moment for one to finish instead of starting a
     new worker. Owned by the local profile, which :meth:`close`\\ s it at the
     end of the run.
+
+    With ``limit``, the run holds at most that many workers at once where it
+    can: daisy starts a stage's slots as soon as one of its blocks can run,
+    which is long before the stage before has ended (an agglomerate block
+    needs only the fragments around it), and each slot used to start its own
+    worker: a 2-worker run on FIB-25 with 64^3 blocks held 4 workers for most
+    of its time, and the 2 extra ones read the inputs again from cold caches.
+    A slot whose stage comes after every stage a busy worker serves (its
+    :meth:`register` order: the pipeline's order, in which a stage may depend
+    on any earlier one) now waits for one of them to go idle. A slot of an
+    earlier stage (a block retried after the later stages started) never
+    waits: a busy worker of a later stage may be waiting for its blocks.
+
+    Args:
+        limit: the most workers to hold at once (None: no limit).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._changed = threading.Condition()
         self._workers: list[PooledWorker] = []
-        self._busy: set[int] = set()
+        # busy workers by pid: the stage each serves
+        self._busy: dict[int, str] = {}
+        self._order: dict[str, int] = {}
         self._closed = False
+        self.limit = limit
+
+    def register(self, stage: str) -> None:
+        """Note the next stage of the run's pipeline (call in pipeline order)."""
+        with self._changed:
+            self._order.setdefault(stage, len(self._order))
 
     def track(self, worker: PooledWorker) -> None:
         """Count ``worker`` busy with a stage (until it is :meth:`put` back or :meth:`forget`)."""
         with self._changed:
-            self._busy.add(worker.pid)
+            self._busy[worker.pid] = worker.stage
 
     def forget(self, worker: PooledWorker) -> None:
         """``worker`` ended, or will: no slot waits for it."""
         with self._changed:
-            self._busy.discard(worker.pid)
+            self._busy.pop(worker.pid, None)
             self._changed.notify_all()
 
     def put(self, worker: PooledWorker) -> None:
         """Keep an idle worker for the next slot (released at once after :meth:`close`)."""
         with self._changed:
-            self._busy.discard(worker.pid)
+            self._busy.pop(worker.pid, None)
             if not self._closed:
                 self._workers.append(worker)
                 self._changed.notify_all()
@@ -237,11 +265,33 @@ class IdleWorkers:
         with self._changed:
             return list(self._workers)
 
-    def take(self, wait_s: float = HANDOVER_WAIT_S) -> PooledWorker | None:
-        """An idle worker that is still alive, or None.
+    def busy(self) -> int:
+        """The workers busy with a stage now."""
+        with self._changed:
+            return len(self._busy)
+
+    def _full_for(self, stage: str | None) -> bool:
+        """Whether a slot of ``stage`` waits for a busy worker (see the class docstring)."""
+        if self.limit is None or stage is None or len(self._busy) < self.limit:
+            return False
+        mine = self._order.get(stage)
+        if mine is None:
+            return False
+        return all(self._order.get(other, mine + 1) <= mine for other in self._busy.values())
+
+    def take(
+        self,
+        stage: str | None = None,
+        wait_s: float = HANDOVER_WAIT_S,
+        give_up: Callable[[], bool] | None = None,
+    ) -> PooledWorker | None:
+        """An idle worker that is still alive for a slot of ``stage``, or None (start one).
 
         With none idle but some busy, waits up to ``wait_s`` seconds for one
-        to be put back.
+        to be put back; while the run holds its ``limit`` of workers and
+        ``stage`` comes after all their stages, for as long as that lasts,
+        checking ``give_up`` (the run is ending: None) every
+        :data:`GIVE_UP_CHECK_S` seconds.
         """
         deadline = time.monotonic() + wait_s
         with self._changed:
@@ -249,12 +299,25 @@ class IdleWorkers:
                 while self._workers:
                     worker = self._workers.pop(0)
                     if worker.poll() is None:
-                        self._busy.add(worker.pid)
+                        self._busy[worker.pid] = stage if stage is not None else worker.stage
                         return worker
                     logger.info("worker %d ended while idle: %d", worker.pid, worker.poll())
                     worker.release()
+                if self._closed:
+                    return None
+                if self._full_for(stage):
+                    if not self._changed.wait(GIVE_UP_CHECK_S) and give_up is not None:
+                        # asked without the lock: it may take a moment
+                        self._changed.release()
+                        try:
+                            ending = give_up()
+                        finally:
+                            self._changed.acquire()
+                        if ending:
+                            return None
+                    continue
                 left = deadline - time.monotonic()
-                if self._closed or not self._busy or left <= 0:
+                if not self._busy or left <= 0:
                     return None
                 self._changed.wait(left)
 
