@@ -17,12 +17,13 @@ HDF5's own chunk cache does for h5py's reads.
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 from isal import isal_zlib
+
+from blockwise.chunk_grid import chunk_pieces, selection_bounds
 
 __all__ = ["ChunkCache", "deflate_only", "read_deflate"]
 
@@ -89,41 +90,23 @@ def read_deflate(
         ValueError: on a selection of another length or with a step.
         RuntimeError, OSError, isal_zlib.error: a chunk that cannot be read or inflated.
     """
-    shape = tuple(int(s) for s in dataset.shape)
-    if len(selection) != len(shape):
-        raise ValueError(f"expected one slice per axis of {shape}, received {selection}")
-    bounds = []
-    for axis, (item, extent) in enumerate(zip(selection, shape, strict=True)):
-        start, stop, step = item.indices(extent)
-        if step != 1:
-            raise ValueError(f"axis {axis}: expected a step of 1, received {item}")
-        bounds.append((start, max(start, stop)))
+    bounds = selection_bounds(selection, tuple(int(s) for s in dataset.shape))
     chunk_shape = tuple(int(c) for c in dataset.chunks)
     dtype = np.dtype(dataset.dtype)
     out = np.empty(tuple(b - a for a, b in bounds), dtype=dtype)
     if out.size == 0:
         return out
     fill = dataset.fillvalue
-    ranges = [
-        range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk_shape, strict=True)
-    ]
-    for index in itertools.product(*ranges):
-        origin = tuple(i * c for i, c in zip(index, chunk_shape, strict=True))
-        target = []
-        source = []
-        for (a, b), o, c in zip(bounds, origin, chunk_shape, strict=True):
-            lo, hi = max(a, o), min(b, o + c)
-            target.append(slice(lo - a, hi - a))
-            source.append(slice(lo - o, hi - o))
-        found, chunk = cache.get(origin) if cache is not None else (False, None)
+    for piece in chunk_pieces(bounds, chunk_shape):
+        found, chunk = cache.get(piece.origin) if cache is not None else (False, None)
         if not found:
-            chunk = _chunk(dataset, origin, chunk_shape, dtype)
+            chunk = _chunk(dataset, piece.origin, chunk_shape, dtype)
             if cache is not None:
-                cache.put(origin, chunk)
+                cache.put(piece.origin, chunk)
         if chunk is None:
-            out[tuple(target)] = fill
+            out[piece.target] = fill
         else:
-            out[tuple(target)] = chunk[tuple(source)]
+            out[piece.target] = chunk[piece.source]
     return out
 
 

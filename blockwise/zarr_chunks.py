@@ -18,13 +18,14 @@ Only arrays whose chunks are files of a directory store are read this way
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import zarr
+
+from blockwise.chunk_grid import chunk_pieces, selection_bounds
 
 __all__ = ["DecodedChunks", "cacheable", "read_cached"]
 
@@ -95,44 +96,25 @@ def read_cached(array: Any, selection: tuple[slice, ...], cache: DecodedChunks) 
         OSError, and whatever zarr's decoding raises: a chunk file that cannot
             be read or decoded.
     """
-    shape = tuple(int(s) for s in array.shape)
-    if len(selection) != len(shape):
-        raise ValueError(f"expected one slice per axis of {shape}, received {selection}")
-    bounds = []
-    for axis, (item, extent) in enumerate(zip(selection, shape, strict=True)):
-        start, stop, step = item.indices(extent)
-        if step != 1:
-            raise ValueError(f"axis {axis}: expected a step of 1, received {item}")
-        bounds.append((start, max(start, stop)))
-    chunk_shape = tuple(int(c) for c in array.chunks)
+    bounds = selection_bounds(selection, tuple(int(s) for s in array.shape))
     out = np.empty(tuple(b - a for a, b in bounds), dtype=array.dtype)
     if out.size == 0:
         return out
     root = array.store.path
-    ranges = [
-        range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk_shape, strict=True)
-    ]
-    for index in itertools.product(*ranges):
-        target = []
-        source = []
-        for (a, b), i, c in zip(bounds, index, chunk_shape, strict=True):
-            o = i * c
-            lo, hi = max(a, o), min(b, o + c)
-            target.append(slice(lo - a, hi - a))
-            source.append(slice(lo - o, hi - o))
-        path = os.path.join(root, array._chunk_key(index))
+    for piece in chunk_pieces(bounds, tuple(int(c) for c in array.chunks)):
+        path = os.path.join(root, array._chunk_key(piece.index))
         try:
             info = os.stat(path)
         except FileNotFoundError:
-            out[tuple(target)] = array.fill_value  # as zarr reads a missing chunk
+            out[piece.target] = array.fill_value  # as zarr reads a missing chunk
             continue
-        chunk = cache.get(index, (info.st_mtime_ns, info.st_size))
+        chunk = cache.get(piece.index, (info.st_mtime_ns, info.st_size))
         if chunk is None:
             with open(path, "rb") as f:
                 read = os.fstat(f.fileno())  # the stamp of the bytes read
                 data = f.read()
             chunk = array._decode_chunk(data)
             cache.decoded += 1
-            cache.put(index, (read.st_mtime_ns, read.st_size), chunk)
-        out[tuple(target)] = chunk[tuple(source)]
+            cache.put(piece.index, (read.st_mtime_ns, read.st_size), chunk)
+        out[piece.target] = chunk[piece.source]
     return out
