@@ -27,6 +27,8 @@ from funlib.geometry import Roi
 from blockwise.execution import forkserver, local
 from blockwise.execution.serve import serve_pipeline
 
+from stand_in_workers import alive, stand_in_server
+
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the fork server is Linux-only"
 )
@@ -84,34 +86,12 @@ WORKER = textwrap.dedent(
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[forkserver.ForkServer]:
     """A fork server that can import the stand-in worker, which DriverSlot then starts."""
-    (tmp_path / "modules").mkdir()
-    (tmp_path / "modules" / "slot_test_worker.py").write_text(WORKER)
-    path = os.pathsep.join([str(tmp_path / "modules"), os.environ.get("PYTHONPATH", "")])
-    monkeypatch.setenv("PYTHONPATH", path)
-    monkeypatch.setattr(local, "WORKER_MODULE", "slot_test_worker")
-    # DriverSlot's config path and stage become the stand-in's arguments
-    monkeypatch.setattr(local, "worker_arguments", lambda config, stage: [str(config), stage])
-    monkeypatch.setattr(
-        local,
-        "worker_command",
-        lambda config, stage: [sys.executable, "-m", "slot_test_worker", str(config), stage],
-    )
-    server = forkserver.ForkServer()
-    server.wait_ready()
-    yield server
-    server.stop(wait_s=0.0)
+    with stand_in_server(tmp_path, monkeypatch, "slot_test_worker", WORKER) as started:
+        yield started
 
 
 def records(out: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def one_task(out: Path, mode: str, server: forkserver.ForkServer, **task: Any) -> Any:

@@ -21,6 +21,7 @@ import pytest
 from blockwise.execution import forkserver
 
 from datafiles import REPO
+from stand_in_workers import alive
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the fork server is Linux-only"
@@ -57,14 +58,6 @@ def wait_for(condition, timeout: float = 20.0) -> bool:  # type: ignore[no-untyp
             return True
         time.sleep(0.05)
     return False
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def fork(out: Path, code: int, sleep_s: float) -> forkserver.ForkedWorker:
