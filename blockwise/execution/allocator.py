@@ -20,7 +20,6 @@ of 128^3 have arrays below the cap and gain nothing measurable.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import sys
 
@@ -45,8 +44,10 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # the symbols the process already has (its C library among them): no
+        # ctypes.util.find_library, which runs ``ldconfig -p`` in a subprocess
+        # (10-30 ms in every worker before its first block)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         logger.debug("no mallopt in this C library: allocator thresholds unchanged")
         return False

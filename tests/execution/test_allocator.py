@@ -50,3 +50,19 @@ def test_a_second_block_reuses_the_pages_of_the_first() -> None:
     tuned = faults_of_second_block("tuned")
     assert tuned < 100, f"the tuned worker faulted in {tuned} pages for its second block"
     assert untuned > 1000, f"untuned: {untuned} faults (the control should fault them in)"
+
+
+def test_tuning_starts_no_process() -> None:
+    # ctypes.util.find_library("c") ran `ldconfig -p` in every worker before its
+    # first block; the C library's symbols are the process's own
+    script = textwrap.dedent(
+        """
+        import subprocess
+        from blockwise.execution.allocator import keep_freed_memory
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"started a process: {args}")
+        subprocess.Popen.__init__ = refuse
+        assert keep_freed_memory()
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
