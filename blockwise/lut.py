@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blockwise.errors import InputError
-from blockwise.kernels.relabel import relabel_sorted
+from blockwise.kernels.relabel import relabel_sorted, relabel_sorted_many
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,36 @@ class PreparedTable:
     def relabel(self, fragments: NDArray[np.uint64]) -> NDArray[np.uint64]:
         """The segmentation of ``fragments`` (0 stays 0)."""
         return relabel_sorted(fragments, self.table.fragment_ids, self.table.segment_ids)
+
+
+@dataclass(frozen=True)
+class PreparedTables:
+    """Every threshold's table, relabelling a block in one pass where they share keys.
+
+    find_segments writes every threshold's table over the same fragments; one
+    lookup per run of equal fragment ids then serves all of them
+    (:func:`~blockwise.kernels.relabel.relabel_sorted_many`). Tables over
+    different keys are applied one by one.
+    """
+
+    tables: tuple[PreparedTable, ...]
+    #: (fragments, thresholds) segment ids where every table has the same keys, else None
+    shared: NDArray[np.uint64] | None
+
+    @classmethod
+    def of(cls, tables: list[PreparedTable]) -> PreparedTables:
+        """Combine prepared tables (their keys are compared once, here)."""
+        first = tables[0].table.fragment_ids if tables else None
+        if first is not None and all(
+            np.array_equal(t.table.fragment_ids, first) for t in tables[1:]
+        ):
+            shared = np.stack([t.table.segment_ids for t in tables], axis=1)
+            return cls(tuple(tables), shared)
+        return cls(tuple(tables), None)
+
+    def relabel(self, fragments: NDArray[np.uint64]) -> list[NDArray[np.uint64]]:
+        """The segmentation of ``fragments`` at each table's threshold, in table order."""
+        if self.shared is None:
+            return [table.relabel(fragments) for table in self.tables]
+        keys = self.tables[0].table.fragment_ids
+        return list(relabel_sorted_many(fragments, keys, self.shared))

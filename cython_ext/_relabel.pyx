@@ -58,6 +58,55 @@ def relabel_flat(const uint64_t[::1] ids not None, const uint64_t[::1] keys not 
     return missing
 
 
+def relabel_flat_many(const uint64_t[::1] ids not None, const uint64_t[::1] keys not None,
+                      const uint64_t[:, ::1] values not None, uint64_t[:, ::1] out not None):
+    """:func:`relabel_flat` through several tables of the same keys at once.
+
+    Args:
+        ids: Voxel ids.
+        keys: Strictly increasing table keys.
+        values: (keys, tables): row ``k`` holds the value of ``keys[k]`` in each table.
+        out: (tables, voxels) output.
+
+    Returns:
+        -1 when every id was mapped, else the index of the first voxel whose id is
+        neither a key nor 0, as :func:`relabel_flat`. One lookup per run of equal
+        ids serves every table.
+    """
+    cdef Py_ssize_t n = ids.shape[0]
+    cdef Py_ssize_t n_keys = keys.shape[0]
+    cdef Py_ssize_t n_tables = values.shape[1]
+    cdef Py_ssize_t v, k, t
+    cdef const uint64_t* first = &keys[0] if n_keys > 0 else NULL
+    cdef const uint64_t* found
+    cdef uint64_t previous, current
+    cdef bint has_previous = False
+    cdef Py_ssize_t missing = -1
+    cdef vector[uint64_t] mapped
+
+    mapped.assign(n_tables, 0)
+    with nogil:
+        for v in range(n):
+            current = ids[v]
+            if not has_previous or current != previous:
+                found = lower_bound(first, first + n_keys, current)
+                k = found - first
+                if k < n_keys and keys[k] == current:
+                    for t in range(n_tables):
+                        mapped[t] = values[k, t]
+                elif current == 0:
+                    for t in range(n_tables):
+                        mapped[t] = 0
+                else:
+                    missing = v
+                    break
+                previous = current
+                has_previous = True
+            for t in range(n_tables):
+                out[t, v] = mapped[t]
+    return missing
+
+
 def unique_nonzero(const uint64_t[::1] ids not None):
     """Return the distinct non-zero ids, increasing, as a uint64 array."""
     cdef Py_ssize_t n = ids.shape[0]

@@ -7,7 +7,7 @@ from numpy.typing import NDArray
 
 from blockwise.kernels import _relabel
 
-__all__ = ["consecutive", "first_occurrences", "relabel", "relabel_sorted"]
+__all__ = ["consecutive", "first_occurrences", "relabel", "relabel_sorted", "relabel_sorted_many"]
 
 
 def relabel(
@@ -76,6 +76,53 @@ def relabel_sorted(
     return _relabel_checked(array, np.ascontiguousarray(sorted_keys), np.ascontiguousarray(values))
 
 
+def relabel_sorted_many(
+    array: NDArray[np.uint64], sorted_keys: NDArray[np.uint64], values: NDArray[np.uint64]
+) -> NDArray[np.uint64]:
+    """:func:`relabel_sorted` through several tables that share their keys, in one pass.
+
+    Args:
+        array: Ids, any shape.
+        sorted_keys: 1D table keys, sorted and distinct (the caller vouches).
+        values: (keys, tables): column ``t`` is table ``t``'s values.
+
+    Returns:
+        (tables, *array.shape): ``out[t]`` equals ``relabel_sorted(array, sorted_keys,
+        values[:, t])``.
+
+    Raises:
+        ValueError: on a dtype other than uint64, a table of another length than the
+            keys, or an id of ``array`` (other than 0) that is not a key.
+    """
+    _check_uint64("array", array)
+    _check_uint64("keys", sorted_keys)
+    _check_uint64("values", values)
+    if sorted_keys.ndim != 1 or values.ndim != 2 or values.shape[0] != sorted_keys.size:
+        raise ValueError(
+            f"expected keys (n,) and values (n, tables), received shapes {sorted_keys.shape} "
+            f"and {values.shape}"
+        )
+    flat = np.ascontiguousarray(array).reshape(-1)
+    out = np.empty((values.shape[1], flat.size), dtype=np.uint64)
+    missing = _relabel.relabel_flat_many(
+        flat, np.ascontiguousarray(sorted_keys), np.ascontiguousarray(values), out
+    )
+    if missing >= 0:
+        _raise_missing(array, flat, missing, sorted_keys.size)
+    return out.reshape((values.shape[1], *array.shape))
+
+
+def _raise_missing(
+    array: NDArray[np.uint64], flat: NDArray[np.uint64], missing: int, n_keys: int
+) -> None:
+    index = np.unravel_index(missing, array.shape)
+    raise ValueError(
+        f"id {flat[missing]} (first at index {tuple(int(i) for i in index)}) is not "
+        f"among the {n_keys} keys of the table; expected every non-zero id to "
+        "be a key"
+    )
+
+
 def _relabel_checked(
     array: NDArray[np.uint64], sorted_keys: NDArray[np.uint64], sorted_values: NDArray[np.uint64]
 ) -> NDArray[np.uint64]:
@@ -83,12 +130,7 @@ def _relabel_checked(
     out = np.empty(flat.shape, dtype=np.uint64)
     missing = _relabel.relabel_flat(flat, sorted_keys, sorted_values, out)
     if missing >= 0:
-        index = np.unravel_index(missing, array.shape)
-        raise ValueError(
-            f"id {flat[missing]} (first at index {tuple(int(i) for i in index)}) is not "
-            f"among the {sorted_keys.size} keys of the table; expected every non-zero id to "
-            "be a key"
-        )
+        _raise_missing(array, flat, missing, sorted_keys.size)
     return out.reshape(array.shape)
 
 

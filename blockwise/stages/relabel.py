@@ -1,7 +1,8 @@
 """Stage 4: fragments -> segmentation, one zarr array per threshold, block by block.
 
 Each worker loads every threshold's lookup table once (O(fragments), keys
-already sorted by find_segments) and relabels its blocks through them.
+already sorted by find_segments) and relabels its blocks through all of them
+in one pass (:class:`~blockwise.lut.PreparedTables`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from funlib.geometry import Coordinate
 
 from blockwise.layout import SEGMENTATION_GROUP
-from blockwise.lut import PreparedTable
+from blockwise.lut import PreparedTable, PreparedTables
 from blockwise.run_context import RunContext
 from blockwise.stage import BlockFunction, Stage, StageBlock, Tiling
 from blockwise.volume import remove_dataset
@@ -23,11 +24,10 @@ logger = logging.getLogger(__name__)
 NAME = "relabel"
 
 
-def relabel_block(ctx: RunContext, tables: list[PreparedTable], block: StageBlock) -> None:
+def relabel_block(ctx: RunContext, tables: PreparedTables, block: StageBlock) -> None:
     """Write the segmentation of the block's write ROI for every threshold."""
     fragments = ctx.fragments.read(block.write_roi)
-    for table in tables:
-        segmentation = table.relabel(fragments)
+    for table, segmentation in zip(tables.tables, tables.relabel(fragments), strict=True):
         ctx.segmentation(table.table.threshold).write(block.write_roi, segmentation)
 
 
@@ -41,7 +41,9 @@ def tiling(ctx: RunContext) -> Tiling:
 @contextmanager
 def setup(ctx: RunContext) -> Iterator[BlockFunction]:
     """Load every threshold's table once per worker."""
-    tables = [PreparedTable.load(ctx.lut_path(t), t) for t in ctx.config.segments.thresholds]
+    tables = PreparedTables.of(
+        [PreparedTable.load(ctx.lut_path(t), t) for t in ctx.config.segments.thresholds]
+    )
     yield lambda block: relabel_block(ctx, tables, block)
 
 

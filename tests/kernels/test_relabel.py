@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from blockwise.kernels import _relabel
-from blockwise.kernels.relabel import consecutive, first_occurrences, relabel
+from blockwise.kernels.relabel import (
+    consecutive,
+    first_occurrences,
+    relabel,
+    relabel_sorted,
+    relabel_sorted_many,
+)
 
 SHAPES = [(), (0,), (1,), (57,), (6, 9), (4, 5, 6), (2, 3, 4, 5)]
 
@@ -136,3 +142,28 @@ def test_consecutive_and_first_occurrences_reject_other_dtypes() -> None:
         consecutive(np.zeros(3, np.int32))
     with pytest.raises(ValueError, match="dtype uint64, received int32"):
         first_occurrences(np.zeros(3, np.int32))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_relabel_many_equals_one_table_at_a_time(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(1, 10**12, size=300, dtype=np.uint64))
+    if seed == 0:
+        keys = np.concatenate([np.zeros(1, np.uint64), keys])  # 0 as a key maps too
+    values = rng.integers(0, 10**9, size=(keys.size, 1 + seed), dtype=np.uint64)
+    # runs of equal ids, as in a fragment volume, and zeros
+    ids = np.repeat(rng.choice(np.concatenate([keys, [np.uint64(0)]]), 2000), 7)
+    ids = ids[: 13 * 17 * 19].reshape(13, 17, 19)
+    many = relabel_sorted_many(ids, keys, values)
+    assert many.shape == (values.shape[1], *ids.shape)
+    for t in range(values.shape[1]):
+        np.testing.assert_array_equal(many[t], relabel_sorted(ids, keys, values[:, t]))
+
+
+def test_relabel_many_names_the_first_missing_id() -> None:
+    keys = np.array([1, 2, 3], np.uint64)
+    ids = np.array([[1, 2], [9, 4]], np.uint64)
+    with pytest.raises(ValueError, match=r"id 9 \(first at index \(1, 0\)\)"):
+        relabel_sorted_many(ids, keys, np.ones((3, 2), np.uint64))
+    with pytest.raises(ValueError, match="values \\(n, tables\\)"):
+        relabel_sorted_many(ids, keys, np.ones((2, 2), np.uint64))

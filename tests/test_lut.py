@@ -1,0 +1,42 @@
+"""Lookup tables prepared for relabel (blockwise.lut)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from blockwise.lut import PreparedTable, PreparedTables, SegmentTable, save_table
+
+
+def prepared(tmp_path: Path, threshold: float, keys: list[int], values: list[int]) -> PreparedTable:
+    path = tmp_path / f"t{threshold}.npz"
+    table = SegmentTable(threshold, np.array(keys, np.uint64), np.array(values, np.uint64))
+    save_table(path, table)
+    return PreparedTable.load(path, threshold)
+
+
+def test_tables_over_the_same_keys_relabel_in_one_pass_as_one_by_one(tmp_path: Path) -> None:
+    keys = [3, 5, 8, 13]
+    tables = [
+        prepared(tmp_path, 0.3, keys, [1, 1, 2, 2]),
+        prepared(tmp_path, 0.5, keys, [1, 1, 1, 2]),
+        prepared(tmp_path, 0.7, keys, [1, 1, 1, 1]),
+    ]
+    combined = PreparedTables.of(tables)
+    assert combined.shared is not None
+    fragments = np.array([[0, 3, 3, 5], [8, 8, 13, 0]], np.uint64)
+    got = combined.relabel(fragments)
+    assert len(got) == 3
+    for table, segmentation in zip(tables, got, strict=True):
+        np.testing.assert_array_equal(segmentation, table.relabel(fragments))
+
+
+def test_tables_over_other_keys_are_applied_one_by_one(tmp_path: Path) -> None:
+    tables = [prepared(tmp_path, 0.3, [3, 5], [1, 2]), prepared(tmp_path, 0.5, [3, 6], [1, 1])]
+    combined = PreparedTables.of(tables)
+    assert combined.shared is None
+    fragments = np.array([0, 3, 3], np.uint64)
+    got = combined.relabel(fragments)
+    assert [g.tolist() for g in got] == [[0, 1, 1], [0, 1, 1]]
+    assert PreparedTables.of([]).relabel(fragments) == []
