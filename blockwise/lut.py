@@ -90,6 +90,10 @@ class PreparedTable:
         return relabel_sorted(fragments, self.table.fragment_ids, self.table.segment_ids)
 
 
+#: the most bytes of segmentations a block relabels in one pass (else one table at a time)
+ONE_PASS_BYTES = 256 << 20
+
+
 @dataclass(frozen=True)
 class PreparedTables:
     """Every threshold's table, relabelling a block in one pass where they share keys.
@@ -116,8 +120,15 @@ class PreparedTables:
         return cls(tuple(tables), None)
 
     def relabel(self, fragments: NDArray[np.uint64]) -> list[NDArray[np.uint64]]:
-        """The segmentation of ``fragments`` at each table's threshold, in table order."""
-        if self.shared is None:
+        """The segmentation of ``fragments`` at each table's threshold, in table order.
+
+        One pass holds every threshold's segmentation at once; a block whose
+        segmentations together exceed :data:`ONE_PASS_BYTES` goes one table
+        at a time, holding one (a whole 100 MVox volume at 4 thresholds
+        would hold 3.2 GB instead of 0.8).
+        """
+        one_pass = fragments.size * 8 * len(self.tables) <= ONE_PASS_BYTES
+        if self.shared is None or not one_pass:
             return [table.relabel(fragments) for table in self.tables]
         keys = self.tables[0].table.fragment_ids
         return list(relabel_sorted_many(fragments, keys, self.shared))

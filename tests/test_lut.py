@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from blockwise import lut
 from blockwise.lut import PreparedTable, PreparedTables, SegmentTable, save_table
 
 
@@ -40,3 +42,20 @@ def test_tables_over_other_keys_are_applied_one_by_one(tmp_path: Path) -> None:
     got = combined.relabel(fragments)
     assert [g.tolist() for g in got] == [[0, 1, 1], [0, 1, 1]]
     assert PreparedTables.of([]).relabel(fragments) == []
+
+
+def test_a_block_too_large_for_one_pass_goes_table_by_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = [3, 5]
+    tables = [prepared(tmp_path, 0.3, keys, [1, 2]), prepared(tmp_path, 0.5, keys, [1, 1])]
+    combined = PreparedTables.of(tables)
+    fragments = np.array([0, 3, 5, 5], np.uint64)
+    calls = []
+    monkeypatch.setattr(lut, "relabel_sorted_many", lambda *a: calls.append(a) or [])
+    monkeypatch.setattr(lut, "ONE_PASS_BYTES", fragments.size * 8 * 2)
+    assert combined.relabel(fragments) == [] and len(calls) == 1
+    monkeypatch.setattr(lut, "ONE_PASS_BYTES", fragments.size * 8 * 2 - 1)
+    got = combined.relabel(fragments)
+    assert len(calls) == 1
+    assert [g.tolist() for g in got] == [[0, 1, 2, 2], [0, 1, 1, 1]]
