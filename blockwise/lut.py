@@ -8,6 +8,7 @@ is relabelled without re-sorting the whole table.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,16 +120,19 @@ class PreparedTables:
             return cls(tuple(tables), shared)
         return cls(tuple(tables), None)
 
-    def relabel(self, fragments: NDArray[np.uint64]) -> list[NDArray[np.uint64]]:
+    def relabel(self, fragments: NDArray[np.uint64]) -> Iterator[NDArray[np.uint64]]:
         """The segmentation of ``fragments`` at each table's threshold, in table order.
 
         One pass holds every threshold's segmentation at once; a block whose
         segmentations together exceed :data:`ONE_PASS_BYTES` goes one table
-        at a time, holding one (a whole 100 MVox volume at 4 thresholds
-        would hold 3.2 GB instead of 0.8).
+        at a time, computing each when the one before has been taken (write
+        it before asking for the next: a whole 100 MVox volume at 4
+        thresholds would hold 3.2 GB instead of 0.8).
         """
         one_pass = fragments.size * 8 * len(self.tables) <= ONE_PASS_BYTES
         if self.shared is None or not one_pass:
-            return [table.relabel(fragments) for table in self.tables]
+            for table in self.tables:
+                yield table.relabel(fragments)
+            return
         keys = self.tables[0].table.fragment_ids
-        return list(relabel_sorted_many(fragments, keys, self.shared))
+        yield from relabel_sorted_many(fragments, keys, self.shared)

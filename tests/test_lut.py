@@ -28,7 +28,7 @@ def test_tables_over_the_same_keys_relabel_in_one_pass_as_one_by_one(tmp_path: P
     combined = PreparedTables.of(tables)
     assert combined.shared is not None
     fragments = np.array([[0, 3, 3, 5], [8, 8, 13, 0]], np.uint64)
-    got = combined.relabel(fragments)
+    got = list(combined.relabel(fragments))
     assert len(got) == 3
     for table, segmentation in zip(tables, got, strict=True):
         np.testing.assert_array_equal(segmentation, table.relabel(fragments))
@@ -39,9 +39,9 @@ def test_tables_over_other_keys_are_applied_one_by_one(tmp_path: Path) -> None:
     combined = PreparedTables.of(tables)
     assert combined.shared is None
     fragments = np.array([0, 3, 3], np.uint64)
-    got = combined.relabel(fragments)
+    got = list(combined.relabel(fragments))
     assert [g.tolist() for g in got] == [[0, 1, 1], [0, 1, 1]]
-    assert PreparedTables.of([]).relabel(fragments) == []
+    assert list(PreparedTables.of([]).relabel(fragments)) == []
 
 
 def test_a_block_too_large_for_one_pass_goes_table_by_table(
@@ -54,8 +54,13 @@ def test_a_block_too_large_for_one_pass_goes_table_by_table(
     calls = []
     monkeypatch.setattr(lut, "relabel_sorted_many", lambda *a: calls.append(a) or [])
     monkeypatch.setattr(lut, "ONE_PASS_BYTES", fragments.size * 8 * 2)
-    assert combined.relabel(fragments) == [] and len(calls) == 1
+    assert list(combined.relabel(fragments)) == [] and len(calls) == 1
     monkeypatch.setattr(lut, "ONE_PASS_BYTES", fragments.size * 8 * 2 - 1)
     got = combined.relabel(fragments)
-    assert len(calls) == 1
-    assert [g.tolist() for g in got] == [[0, 1, 2, 2], [0, 1, 1, 1]]
+    first = next(got)
+    # one table at a time: the next segmentation is made only when asked for
+    relabelled = []
+    monkeypatch.setattr(PreparedTable, "relabel", lambda self, f: relabelled.append(self) or f)
+    rest = list(got)
+    assert len(calls) == 1 and relabelled == [tables[1]]
+    assert first.tolist() == [0, 1, 2, 2] and len(rest) == 1

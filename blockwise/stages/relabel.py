@@ -29,6 +29,7 @@ def relabel_block(ctx: RunContext, tables: PreparedTables, block: StageBlock) ->
     fragments = ctx.fragments.read(block.write_roi)
     for table, segmentation in zip(tables.tables, tables.relabel(fragments), strict=True):
         ctx.segmentation(table.table.threshold).write(block.write_roi, segmentation)
+        del segmentation  # written: not held while the next is made
 
 
 def tiling(ctx: RunContext) -> Tiling:
