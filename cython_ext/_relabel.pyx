@@ -15,6 +15,22 @@ from libcpp.vector cimport vector
 import numpy as np
 
 
+# what _key_index returns for 0 when it is not a key, and for any other id that is not
+cdef enum:
+    _ZERO = -1
+    _MISSING = -2
+
+
+cdef inline Py_ssize_t _key_index(const uint64_t* keys, Py_ssize_t n_keys,
+                                  uint64_t id) noexcept nogil:
+    """The index of ``id`` among the sorted ``keys``; else ``_ZERO`` (0 maps to 0 unless
+    it is a key) or ``_MISSING``."""
+    cdef Py_ssize_t k = lower_bound(keys, keys + n_keys, id) - keys
+    if k < n_keys and keys[k] == id:
+        return k
+    return _ZERO if id == 0 else _MISSING
+
+
 def relabel_flat(const uint64_t[::1] ids not None, const uint64_t[::1] keys not None,
                  const uint64_t[::1] values not None, uint64_t[::1] out not None):
     """Write ``values[k]`` to ``out[v]`` where ``ids[v] == keys[k]``.
@@ -34,7 +50,6 @@ def relabel_flat(const uint64_t[::1] ids not None, const uint64_t[::1] keys not 
     cdef Py_ssize_t n_keys = keys.shape[0]
     cdef Py_ssize_t v, k
     cdef const uint64_t* first = &keys[0] if n_keys > 0 else NULL
-    cdef const uint64_t* found
     cdef uint64_t previous, mapped = 0, current
     cdef bint has_previous = False
     cdef Py_ssize_t missing = -1
@@ -43,15 +58,11 @@ def relabel_flat(const uint64_t[::1] ids not None, const uint64_t[::1] keys not 
         for v in range(n):
             current = ids[v]
             if not has_previous or current != previous:
-                found = lower_bound(first, first + n_keys, current)
-                k = found - first
-                if k < n_keys and keys[k] == current:
-                    mapped = values[k]
-                elif current == 0:
-                    mapped = 0
-                else:
+                k = _key_index(first, n_keys, current)
+                if k == _MISSING:
                     missing = v
                     break
+                mapped = values[k] if k != _ZERO else 0
                 previous = current
                 has_previous = True
             out[v] = mapped
@@ -78,7 +89,6 @@ def relabel_flat_many(const uint64_t[::1] ids not None, const uint64_t[::1] keys
     cdef Py_ssize_t n_tables = values.shape[1]
     cdef Py_ssize_t v, k, t
     cdef const uint64_t* first = &keys[0] if n_keys > 0 else NULL
-    cdef const uint64_t* found
     cdef uint64_t previous, current
     cdef bint has_previous = False
     cdef Py_ssize_t missing = -1
@@ -89,17 +99,12 @@ def relabel_flat_many(const uint64_t[::1] ids not None, const uint64_t[::1] keys
         for v in range(n):
             current = ids[v]
             if not has_previous or current != previous:
-                found = lower_bound(first, first + n_keys, current)
-                k = found - first
-                if k < n_keys and keys[k] == current:
-                    for t in range(n_tables):
-                        mapped[t] = values[k, t]
-                elif current == 0:
-                    for t in range(n_tables):
-                        mapped[t] = 0
-                else:
+                k = _key_index(first, n_keys, current)
+                if k == _MISSING:
                     missing = v
                     break
+                for t in range(n_tables):
+                    mapped[t] = values[k, t] if k != _ZERO else 0
                 previous = current
                 has_previous = True
             for t in range(n_tables):
