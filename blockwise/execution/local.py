@@ -634,13 +634,14 @@ class LocalProfile:
         from blockwise.stage import stage_execution
 
         gpus = visible_gpus() if task.stage.resources(ctx.config).gpus else ()
-        timeout_s = stage_execution(ctx.config, task.stage).block_timeout_s
+        execution = stage_execution(ctx.config, task.stage)
+        timeout_s = execution.block_timeout_s
         if self.fork_server is not None and not gpus:
             address = self.fork_server.published
             if self.idle_workers is not None:
                 # the run holds as many workers at once as its widest CPU stage asks for
-                workers = stage_execution(ctx.config, task.stage).num_workers
-                self.idle_workers.limit = max(self.idle_workers.limit or 0, workers)
+                limit = max(self.idle_workers.limit or 0, execution.num_workers)
+                self.idle_workers.limit = limit
                 self.idle_workers.register(task.name)
             return DriverSlot(
                 str(self.config_path), task.name, address, timeout_s, self.idle_workers

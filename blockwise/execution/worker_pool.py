@@ -265,11 +265,6 @@ class IdleWorkers:
         with self._changed:
             return list(self._workers)
 
-    def busy(self) -> int:
-        """The workers busy with a stage now."""
-        with self._changed:
-            return len(self._busy)
-
     def _full_for(self, stage: str | None) -> bool:
         """Whether a slot of ``stage`` waits for a busy worker (see the class docstring)."""
         if self.limit is None or stage is None or len(self._busy) < self.limit:
