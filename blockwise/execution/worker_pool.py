@@ -324,9 +324,10 @@ class IdleWorkers:
             workers, self._workers = self._workers, []
             self._changed.notify_all()
         for worker in workers:
-            worker.release()
+            # killed before its socket closes: a released worker may exit 0 first
             if wait_s <= 0:
                 worker.kill()
+            worker.release()
         for worker in workers:
             if wait_s <= 0:
                 worker.process.wait()
