@@ -143,7 +143,7 @@ def test_plan_describes_the_demo_without_writing(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     proc = blockwise("plan", str(path), timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "extract_fragments: 64 blocks ([4, 4, 4]) of [64, 64, 64] vx" in proc.stdout
+    assert "extract_fragments: 8 blocks ([2, 2, 2]) of [128, 128, 128] vx" in proc.stdout
     assert "fits uint64: ok" in proc.stdout
     assert not (tmp_path / "run").exists()
 

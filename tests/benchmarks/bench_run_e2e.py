@@ -25,7 +25,7 @@ affinities and thresholds 0.3 / 0.5 / 0.6 / 0.7, evaluation switched off (the
 numbers below are scored afterwards, outside the timings):
 
 * ``hierarchical``: ``blockwise run`` of configs/fib25_demo.yaml (blocks of
-  64^3, 2 worker processes, ``segments.method: hierarchical``), reading the HDF5
+  128^3, 2 worker processes, ``segments.method: hierarchical``), reading the HDF5
   input and writing fragments, graph, task files and segmentations;
 * ``global``: the same with ``segments.method: global``;
   (``--block-shape Z Y X`` gives both other blocks: a block floods its

@@ -1,6 +1,7 @@
 """Choose the main job's post-processing on the training half: a parameter sweep.
 
-Runs ``blockwise run`` of ``configs/fib25_demo.yaml`` (64^3 blocks, 2 workers)
+Runs ``blockwise run`` of ``configs/fib25_demo.yaml`` with the main job's
+blocks and contexts (``configs/fib25_from_raw.yaml``: 64^3 blocks; 2 workers)
 on given affinities (by default the main job's predicted ones,
 ``runs/fib25_from_raw/output.zarr/affinities``: run the main job first) once
 per parameter set, with thresholds 0.30 to 0.80 in steps of 0.05, and scores
@@ -70,6 +71,12 @@ def parameter_sets() -> list[dict[str, Any]]:
 
 def write_config(work: Path, data: Path, affinities: str, p: dict[str, Any]) -> Path:
     config = yaml.safe_load((ROOT / "configs" / "fib25_demo.yaml").read_text())
+    main_job = yaml.safe_load((ROOT / "configs" / "fib25_from_raw.yaml").read_text())
+    # the parameters are chosen for the main job: its tiling, not the demo's
+    for section in ("extract_fragments", "agglomerate"):
+        for key in ("block_shape_vx", "context_vx"):
+            if key in main_job[section]:
+                config[section][key] = main_job[section][key]
     file, dataset = affinities.rsplit(":", 1)
     config["name"] = p["name"]
     config["run_dir"] = str(work / p["name"])
