@@ -45,7 +45,7 @@ PARTNERS_PER_OBJECT = 5
 _COMPACT_EVERY = 32
 
 
-def _dense_ids(labels: NDArray[np.integer]) -> tuple[NDArray[Any], NDArray[np.intp]]:
+def dense_ids(labels: NDArray[np.integer]) -> tuple[NDArray[Any], NDArray[np.intp]]:
     """``np.unique(labels, return_inverse=True)``, fast for spatially coherent labels.
 
     numpy's argsort (behind ``return_inverse``) is more than ten times slower than
@@ -75,6 +75,7 @@ class OverlapTable:
         ground_truth: NDArray[np.integer],
         segmentation: NDArray[np.integer],
         origin_vx: tuple[int, int, int] = (0, 0, 0),
+        ground_truth_ids: tuple[NDArray[Any], NDArray[np.intp]] | None = None,
     ) -> None:
         """Count one block.
 
@@ -82,6 +83,8 @@ class OverlapTable:
             ground_truth: labels (z, y, x); 0 is not counted.
             segmentation: segment ids, same shape.
             origin_vx: the block's first voxel, counted from the ROI's origin.
+            ground_truth_ids: :func:`dense_ids` of ``ground_truth.ravel()``, when
+                several segmentations of one block share it (computed here if None).
 
         Raises:
             ValueError: if the shapes differ or the arrays are not 3D.
@@ -91,8 +94,14 @@ class OverlapTable:
                 f"ground truth has shape {ground_truth.shape}, segmentation "
                 f"{segmentation.shape}; they must be the same 3D shape"
             )
-        gt_ids, gt_index = _dense_ids(ground_truth.ravel())
-        seg_ids, seg_index = _dense_ids(segmentation.ravel())
+        gt_ids, gt_index = (
+            dense_ids(ground_truth.ravel()) if ground_truth_ids is None else ground_truth_ids
+        )
+        if gt_index.size != ground_truth.size:
+            raise ValueError(
+                f"ground_truth_ids index {gt_index.size} voxels, the block has {ground_truth.size}"
+            )
+        seg_ids, seg_index = dense_ids(segmentation.ravel())
         num_seg = seg_ids.size
         key = gt_index.astype(np.int64) * num_seg + seg_index
         num_keys = gt_ids.size * num_seg
@@ -101,7 +110,7 @@ class OverlapTable:
             keys = np.arange(num_keys, dtype=np.int64)
             index = key
         else:
-            keys, index = _dense_ids(key)
+            keys, index = dense_ids(key)
         nbins = keys.size
         count = np.bincount(index, minlength=nbins)
         present = np.flatnonzero(count)
@@ -386,8 +395,9 @@ def evaluate_many(
         gt = ground_truth.read(block_roi)
         origin = (block_roi.begin - eval_roi.begin) / vs
         origin_vx = (int(origin[0]), int(origin[1]), int(origin[2]))
+        gt_ids = dense_ids(gt.ravel())  # once per block, for every segmentation
         for name, seg in segmentations.items():
-            tables[name].add(gt, seg.read(block_roi), origin_vx)
+            tables[name].add(gt, seg.read(block_roi), origin_vx, ground_truth_ids=gt_ids)
     results = {}
     for name, seg in segmentations.items():
         results[name] = _result(tables[name], seg, ground_truth, eval_roi, block, top_k)

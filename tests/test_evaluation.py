@@ -21,6 +21,7 @@ from blockwise.config import DatasetConfig
 from blockwise.errors import InputError
 from blockwise.evaluation import (
     OverlapTable,
+    dense_ids,
     evaluate_volumes,
     parse_dataset_arg,
     run_evaluation_report,
@@ -177,6 +178,24 @@ def test_overlap_table_counts_only_overlapping_pairs(shape: tuple[int, int, int]
     assert g.size == len(expected)
     z, y, x = np.nonzero((gt == g[0]) & (seg == s[0]))
     assert coord_sums[0] == pytest.approx([(z + 2).sum(), (y + 3).sum(), (x + 4).sum()])
+
+
+def test_overlap_table_with_shared_ground_truth_ids_counts_the_same() -> None:
+    """evaluate_many numbers a block's ground truth once for every segmentation:
+    the tables are the ones each segmentation gets on its own; ids of another
+    block are refused."""
+    rng = np.random.default_rng(1)
+    gt = np.repeat(rng.integers(0, 9, size=(12, 12, 3), dtype=np.uint64), 4, axis=2)
+    ids = dense_ids(gt.ravel())
+    for seed in range(3):
+        seg = rng.integers(0, 5, size=gt.shape, dtype=np.uint64) + np.uint64(seed * 10)
+        alone, shared = OverlapTable(), OverlapTable()
+        alone.add(gt, seg, origin_vx=(1, 2, 3))
+        shared.add(gt, seg, origin_vx=(1, 2, 3), ground_truth_ids=ids)
+        for a, b in zip(alone.table(), shared.table(), strict=True):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="ground_truth_ids index 8 voxels, the block has 1728"):
+        OverlapTable().add(gt, gt, ground_truth_ids=dense_ids(gt.ravel()[:8]))
 
 
 def test_roi_subregion_equals_cropped_skimage(tmp_path: Path) -> None:
